@@ -18,7 +18,8 @@ class Limits:
     nofile: int = 64
     nproc: int = 16
     output_bytes: int = 1 << 20   # stdout+stderr kept per task
-    tmpfs_mb: int = 64
+    tmpfs_mb: int = 64             # per fork server (fixed when the server starts)
+    source_bytes: int = 1 << 20    # solution or tests larger than this are rejected unrun
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,42 @@
+"""Solver: writes a solution for one attempt (split mode), or solution and tests in one call (joint mode,
+the paper's tagged contract)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kodcode.agents.context import AgentContext
+from kodcode.messages import AttemptResult, AttemptTask
+from kodcode.parsing import ParseFailure, ensure_solution_import, extract_code, extract_joint, solution_entry_point
+
+__all__ = ["Solver"]
+
+
+class Solver:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    async def handle(self, task: AttemptTask) -> AttemptTask | AttemptResult:
+        ctx = self.ctx
+        joint = ctx.config.effective_mode == "joint"
+        prompt = ctx.prompts.render("solve_and_test_joint" if joint else "solve", question=task.question)
+        request = ctx.request("solver", prompt, item_id=task.item_id, attempt=task.attempt)
+        response = await ctx.llm.complete(request)
+        lineage = response.lineage(request)
+        try:
+            if joint:
+                solution, tests = extract_joint(response.text)
+            else:
+                solution, tests = extract_code(response.text), None
+            entry_point = solution_entry_point(solution, task.question)
+        except (ParseFailure, SyntaxError) as exc:
+            reason = f"solver output unusable: {exc}"
+            await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="solver", lineage=lineage,
+                                           raw_output=response.text)
+            return AttemptResult(task.item_id, task.attempt, False, reason)
+        if tests is not None:
+            tests = ensure_solution_import(tests, entry_point)
+            await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage, solution, entry_point)
+        else:
+            await ctx.records.save_solution(task.item_id, task.attempt, solution, entry_point, lineage)
+        return replace(task, solution=solution, entry_point=entry_point, tests=tests)

@@ -1,0 +1,35 @@
+"""Tester (split mode): pytest unit tests for the solution's entry point, in their own call."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from kodcode.agents.context import AgentContext
+from kodcode.messages import AttemptResult, AttemptTask
+from kodcode.parsing import ParseFailure, ensure_solution_import, extract_code
+
+__all__ = ["Tester"]
+
+
+class Tester:
+    def __init__(self, ctx: AgentContext) -> None:
+        self.ctx = ctx
+
+    async def handle(self, task: AttemptTask) -> AttemptTask | AttemptResult:
+        assert task.solution is not None and task.entry_point is not None
+        ctx = self.ctx
+        prompt = ctx.prompts.render("test_split", question=task.question, solution=task.solution.rstrip(),
+                                    entry_point=task.entry_point)
+        request = ctx.request("tester", prompt, item_id=task.item_id, attempt=task.attempt)
+        response = await ctx.llm.complete(request)
+        lineage = response.lineage(request)
+        try:
+            tests = extract_code(response.text)
+        except ParseFailure as exc:
+            reason = f"tester output unusable: {exc}"
+            await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="tester", lineage=lineage,
+                                           raw_output=response.text)
+            return AttemptResult(task.item_id, task.attempt, False, reason)
+        tests = ensure_solution_import(tests, task.entry_point)
+        await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage)
+        return replace(task, tests=tests)

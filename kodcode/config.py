@@ -1,0 +1,143 @@
+"""Run configuration: a TOML file (optional) overlaid by command-line flags, validated in one place.
+
+Unknown keys and wrong types are errors with one line that names the key, never silently ignored:
+a typo in a budget or a model name would otherwise cost real money.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from kodcode.errors import ConfigError
+
+__all__ = [
+    "ROLES",
+    "Config",
+    "RoleSettings",
+    "SandboxSettings",
+    "SourceSettings",
+    "load_config",
+]
+
+ROLES = ("proposer", "solver", "tester", "rewriter")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoleSettings(_Strict):
+    """Model and sampling for one agent role. Empty fields fall back to the run's defaults."""
+
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None   # name of the environment variable holding the key; keys are never stored
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, ge=16)
+    stop: tuple[str, ...] = ()
+
+
+class SourceSettings(_Strict):
+    """Where questions come from; weights mix the sources."""
+
+    prefill_prefixes: tuple[str, ...] = ("Write a python function to",)
+    seeds_file: Path | None = None       # JSONL with a "question" field per line
+    seeds_per_prompt: int = Field(1, ge=1, le=10)
+    subset: str | None = None             # subset name for seed questions, default "Seeds"
+    weights: dict[Literal["prefill", "seeds"], float] = Field(default_factory=lambda: {"prefill": 1.0, "seeds": 1.0})
+
+
+class SandboxSettings(_Strict):
+    isolation: bool = True                # False only with --unsafe-no-isolation
+    workers: int | None = Field(None, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class Config(_Strict):
+    target: int = Field(10, ge=1)
+    max_attempts: int = Field(10, ge=1, le=100)
+    concurrency: int = Field(8, ge=1, le=4096)
+    mode: Literal["split", "joint"] | None = None   # None: split for the embedded model, joint otherwise
+    styles: tuple[Literal["complete"], ...] = ("complete",)
+    seed: int = 0
+    grace_s: float = Field(30.0, ge=0)
+    model: str | None = None              # default model for every role
+    base_url: str | None = None           # None: start the embedded model
+    api_key_env: str | None = None
+    embedded_variant: Literal["0.5b", "1.5b"] = "0.5b"
+    chat_template: Literal["chatml"] = "chatml"   # how a raw prefill prompt is built for Magpie-style proposals
+    llm_timeout_s: float = Field(300.0, gt=0)
+    llm_max_retries: int = Field(6, ge=0)
+    item_retries: int = Field(2, ge=0)    # supervision: re-handle a message this many times after an exception
+    roles: dict[Literal["proposer", "solver", "tester", "rewriter"], RoleSettings] = Field(default_factory=dict)
+    sources: SourceSettings = SourceSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    prompts_dir: Path | None = None
+    budget_calls: int | None = Field(None, ge=1)
+    budget_tokens: int | None = Field(None, ge=1)
+    budget_usd: float | None = Field(None, gt=0)
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> (USD per 1M input, per 1M output)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        if all(weight <= 0 for weight in self.sources.weights.values()):
+            raise ValueError("sources.weights: at least one source needs a positive weight")
+        return self
+
+    def role(self, name: str) -> RoleSettings:
+        return self.roles.get(name, _DEFAULT_ROLES[name])  # type: ignore[index]
+
+    @property
+    def effective_mode(self) -> Literal["split", "joint"]:
+        if self.mode is not None:
+            return self.mode
+        return "split" if self.base_url is None else "joint"
+
+
+# Defaults per role. Low temperatures for code: a 0.5B model's answers fall apart above ~0.5, and
+# greedy decoding makes it repeat asserts until the token limit (embedded-llm.md).
+_DEFAULT_ROLES: dict[str, RoleSettings] = {
+    "proposer": RoleSettings(temperature=1.0, top_p=1.0, max_tokens=256),
+    "solver": RoleSettings(temperature=0.3, max_tokens=1024),
+    "tester": RoleSettings(temperature=0.3, max_tokens=1024),
+    "rewriter": RoleSettings(temperature=0.3, max_tokens=1024),
+}
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {where!r}"
+    return f"config key {where!r}: {first['msg']}"
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
+    """Config from an optional TOML file, with flag values (None = not given) laid over it."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            section, sub = key.split(".", 1)
+            data.setdefault(section, {})[sub] = value
+        else:
+            data[key] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

@@ -1,0 +1,55 @@
+"""Typed messages that flow between the agents. Frozen: a message is a fact, not a mutable work item."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AttemptResult", "AttemptTask", "ProposeTask", "RewriteTask"]
+
+
+@dataclass(frozen=True)
+class ProposeTask:
+    """Make question number `seq` from `source`; the item row already exists in state `proposing`."""
+
+    item_id: str
+    seq: int
+    source: str                      # prefill | seeds
+    subset: str                      # KodCode subset name, e.g. "Prefill"
+    seeds: tuple[str, ...] = ()      # seed question texts (source "seeds")
+    seed_ids: tuple[str, ...] = ()
+    prefix: str = ""                 # prefill prefix (source "prefill")
+
+
+@dataclass(frozen=True)
+class AttemptTask:
+    """One attempt at a question; fields fill in as it passes Solver → Tester → Judge."""
+
+    item_id: str
+    attempt: int                     # 1-based
+    question: str
+    solution: str | None = None
+    entry_point: str | None = None
+    tests: str | None = None
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """The end of one attempt (a verdict, or a failure before the sandbox with its reason)."""
+
+    item_id: str
+    attempt: int
+    passed: bool
+    reason: str | None
+    coverage: float | None = None
+
+
+@dataclass(frozen=True)
+class RewriteTask:
+    """Rewrite a verified question into another style and verify the variant."""
+
+    item_id: str
+    style: str
+    question: str
+    solution: str
+    tests: str
+    entry_point: str

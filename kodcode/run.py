@@ -1,0 +1,235 @@
+"""`python -m kodcode.run`: run the whole pipeline until --target verified triplets are stored.
+
+Running again with the same --db resumes: every item re-enters at its last committed state and no
+completed LLM call is sent again. Ctrl-C (or SIGTERM) stops intake and lets work in flight finish for
+--grace seconds; a second Ctrl-C stops at once. Either way, nothing committed is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from kodcode.agents.context import AgentContext
+from kodcode.config import ROLES, Config, load_config
+from kodcode.errors import ConfigError, KodcodeError
+from kodcode.prompts import PromptLibrary
+from kodcode.runtime.gate import build_gate
+from kodcode.runtime.llm import LLMClient, LLMTransport, OpenAITransport, preflight
+from kodcode.runtime.logging import EVENTS_FILE, close_logging, configure_logging, get_logger
+from kodcode.runtime.pipeline import Pipeline, RunSummary
+from kodcode.runtime.records import Records
+from kodcode.runtime.scheduler import AdaptivePolicy, Budget, BudgetSpent
+from kodcode.runtime.store import Store
+from kodcode.sandbox import open_sandbox
+from kodcode.sandbox.base import Limits
+from kodcode.sources import SourceMix
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_DB = Path("runs/kodcode.db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kodcode.run",
+        description="Make verified (question, solution, unit tests) triplets with LLM agents; resumable.")
+    parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB,
+                        help=f"SQLite store; its directory also gets {EVENTS_FILE} (default: {DEFAULT_DB})")
+    parser.add_argument("--target", type=int, help="stop after this many verified triplets (default 10)")
+    parser.add_argument("--concurrency", type=int, help="LLM requests in flight at most (default 8)")
+    parser.add_argument("--max-attempts", type=int, help="solve attempts per question at most (default 10)")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
+                                           "(default: start the embedded local model)")
+    parser.add_argument("--model", help="model name for every role (default: the endpoint's first model)")
+    parser.add_argument("--api-key-env", help="environment variable that holds the API key (default OPENAI_API_KEY)")
+    parser.add_argument("--mode", choices=("split", "joint"),
+                        help="split: solution and tests in separate calls; joint: one call (the paper's format)")
+    parser.add_argument("--seeds", type=Path, help="JSONL of seed questions for the seeds source")
+    parser.add_argument("--seed-subset", help="subset name recorded for seed-made questions (e.g. Leetcode)")
+    parser.add_argument("--prompts", type=Path, help="directory of .j2 templates that override the packaged ones")
+    parser.add_argument("--seed", type=int, help="run seed: same seed, same requests (default 0)")
+    parser.add_argument("--budget-calls", type=int, help="stop after this many LLM calls (whole store)")
+    parser.add_argument("--budget-tokens", type=int, help="stop after this many LLM tokens (whole store)")
+    parser.add_argument("--budget-usd", type=float, help="stop after this much money (needs prices in config)")
+    parser.add_argument("--embedded-model", choices=("0.5b", "1.5b"),
+                        help="embedded model when no --base-url is given (default 0.5b)")
+    parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
+    parser.add_argument("--unsafe-no-isolation", action="store_true",
+                        help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
+    parser.add_argument("--debug", action="store_true", help="debug logs on the console and full tracebacks")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    if args.embedded_model and args.base_url:
+        raise ConfigError("--embedded-model and --base-url conflict: the embedded model runs only without --base-url")
+    weights = {"seeds": 1.0, "prefill": 0.0} if args.seeds else None
+    return {
+        "target": args.target,
+        "concurrency": args.concurrency,
+        "max_attempts": args.max_attempts,
+        "base_url": args.base_url,
+        "model": args.model,
+        "api_key_env": args.api_key_env,
+        "mode": args.mode,
+        "seed": args.seed,
+        "prompts_dir": args.prompts,
+        "budget_calls": args.budget_calls,
+        "budget_tokens": args.budget_tokens,
+        "budget_usd": args.budget_usd,
+        "embedded_variant": args.embedded_model,
+        "grace_s": args.grace,
+        "sources.seeds_file": args.seeds,
+        "sources.subset": args.seed_subset,
+        "sources.weights": weights,
+        "sandbox.isolation": False if args.unsafe_no_isolation else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, _overrides(args))
+        if config.budget_usd is not None and not config.prices:
+            raise ConfigError("--budget-usd needs a [prices] table in the config (model = [usd_per_1M_in, usd_per_1M_out])")
+        configure_logging(args.db.parent / EVENTS_FILE, console_level="debug" if args.debug else "info")
+    except KodcodeError as exc:
+        print(f"kodcode: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"kodcode: error: cannot write the run directory {args.db.parent}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        summary = anyio.run(_run, config, args.db, backend="asyncio")
+    except KodcodeError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"kodcode: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        close_logging()
+    _print_summary(summary)
+    return 0
+
+
+def _api_key(env_name: str | None) -> str | None:
+    return os.environ.get(env_name or "OPENAI_API_KEY") or None
+
+
+async def _run(config: Config, db_path: Path) -> RunSummary:
+    log = get_logger()
+    prompts = PromptLibrary(config.prompts_dir)
+    prompt_hashes = prompts.hashes()           # a broken template fails here, before anything is paid for
+    sources = SourceMix(config)                # so does a bad seed file
+    async with AsyncExitStack() as stack:
+        store = await Store.open(db_path)
+        stack.push_async_callback(store.aclose)
+        records = Records(store)
+        spent = await records.spent()
+        budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
+                        prices=config.prices, spent=BudgetSpent(calls=int(spent["calls"]),
+                                                                 prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
+        base_url, default_model, api_key = await _endpoint(config, db_path.parent, stack)
+        models = {role: config.role(role).model or default_model for role in ROLES}
+        if config.budget_usd is not None:
+            unpriced = sorted({m for m in models.values() if m not in config.prices})
+            if unpriced:
+                raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)} in [prices]")
+        transports: dict[str, LLMTransport] = {"default": OpenAITransport(base_url, api_key, timeout_s=config.llm_timeout_s)}
+        for role in ROLES:
+            settings = config.role(role)
+            if settings.base_url:
+                key = _api_key(settings.api_key_env or config.api_key_env)
+                await preflight(settings.base_url, models[role], key)
+                transports[role] = OpenAITransport(settings.base_url, key, timeout_s=config.llm_timeout_s)
+        llm = LLMClient(transports, records, concurrency=config.concurrency, max_retries=config.llm_max_retries,
+                        budget=budget, logger=log)
+        stack.push_async_callback(llm.aclose)
+        sandbox = await stack.enter_async_context(open_sandbox(
+            workers=config.sandbox.workers, isolation=config.sandbox.isolation,
+            limits=Limits(wall_s=config.sandbox.timeout_s)))
+        gate = await build_gate(records)
+        run_id = await records.start_run({**config.model_dump(mode="json"), "models": models, "prompts": prompt_hashes})
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        log.info("run_started", db=str(db_path), target=config.target, concurrency=config.concurrency,
+                 mode=config.effective_mode, models=models, base_url=base_url)
+        ctx = AgentContext(config, llm, records, sandbox, prompts, models, log)
+        pipeline = Pipeline(ctx, policy=AdaptivePolicy(max_attempts=config.max_attempts), sources=sources, gate=gate)
+
+        async def tick() -> None:
+            stats = pipeline.statistics()
+            log.info("progress", verified=stats["verified"], target=config.target, open=stats["open_items"],
+                     **{f"llm_{k}": v for k, v in llm.statistics().items()})
+
+        status = "interrupted"
+        with anyio.CancelScope() as run_scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, pipeline, run_scope, config.grace_s, log)
+                await pipeline.run(on_tick=tick)
+                status = "completed"
+                tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            summary = await pipeline.collect_summary()
+            summary.llm = llm.statistics()
+            await records.finish_run(status, summary.as_dict())
+            log.info("run_finished", status=status, **summary.as_dict())
+        structlog.contextvars.unbind_contextvars("run_id")
+        return summary
+
+
+async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, str | None]:
+    """(base_url, default model, api key): the configured endpoint, checked, or the embedded model."""
+    if config.base_url is None:
+        from kodcode.runtime.embedded import embedded_server   # only the embedded path needs its packages
+
+        endpoint = await stack.enter_async_context(embedded_server(
+            config.embedded_variant, concurrency=config.concurrency, log_path=run_dir / "llama-server.log"))
+        return endpoint.base_url, endpoint.model, None
+    api_key = _api_key(config.api_key_env)
+    served = await preflight(config.base_url, config.model, api_key)
+    model = config.model or (served[0] if served else None)
+    if model is None:
+        raise ConfigError(f"{config.base_url} lists no models; pass --model")
+    return config.base_url, model, api_key
+
+
+async def _watch_signals(pipeline: Pipeline, run_scope: anyio.CancelScope, grace_s: float, log: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            pipeline.request_stop(f"{name} received")
+            print(f"\nkodcode: {name}: finishing work in flight (up to {grace_s:.0f} s); press Ctrl-C again to stop now",
+                  file=sys.stderr)
+            with anyio.move_on_after(grace_s):
+                async for signum in signals:
+                    log.warning("stop_now", signal=signal.Signals(signum).name)
+                    break
+            run_scope.cancel()
+            return
+
+
+def _print_summary(summary: RunSummary) -> None:
+    data = summary.as_dict()
+    counts = ", ".join(f"{state} {n}" for state, n in data["items"].items() if n)
+    llm = data["llm"]
+    print(f"kodcode: {data['stop_reason']}. verified {data['verified_total']} "
+          f"(+{data['verified_this_run']} this run) in {data['elapsed_s']:.1f} s")
+    print(f"  items: {counts or 'none'}")
+    if llm:
+        print(f"  llm: {llm.get('calls', 0)} calls, {llm.get('cache_hits', 0)} from cache, "
+              f"{llm.get('retries', 0)} retries, {llm.get('tokens', 0)} tokens")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

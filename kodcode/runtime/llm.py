@@ -1,0 +1,337 @@
+"""LLM access: one interface over any OpenAI-compatible endpoint, with a response cache, retries,
+a global in-flight limit, token accounting and budgets.
+
+Every request is hashed (endpoint + canonical wire body). A completed call is committed to the store
+before its text is returned, so after a crash the same request is answered from the store and never
+paid for twice. Requests carry a seed derived from (run seed, item, attempt, role): attempts at the
+same question differ, and a rerun of the same attempt is the same request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal, Protocol
+
+import anyio
+import httpx
+import openai
+
+from kodcode.errors import BudgetExhausted, ConfigError, LLMError
+
+__all__ = [
+    "CallRecorder",
+    "LLMClient",
+    "LLMRequest",
+    "LLMResponse",
+    "LLMTransport",
+    "OpenAITransport",
+    "TransientLLMError",
+    "preflight",
+    "stable_seed",
+]
+
+
+def stable_seed(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class LLMRequest:
+    role: str
+    model: str
+    messages: tuple[Mapping[str, str], ...] = ()
+    prompt: str | None = None                 # raw completion (Magpie-style prefill) instead of chat
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int | None = None
+    # Lineage only: not sent, not part of the cache key.
+    template: str = field(default="", compare=False)
+    template_hash: str = field(default="", compare=False)
+    item_id: str | None = field(default=None, compare=False)
+    attempt: int | None = field(default=None, compare=False)
+
+    @property
+    def endpoint(self) -> Literal["chat", "completions"]:
+        return "completions" if self.prompt is not None else "chat"
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "n": self.n,
+        }
+        if self.endpoint == "chat":
+            body["messages"] = [dict(message) for message in self.messages]
+        else:
+            body["prompt"] = self.prompt
+        if self.stop:
+            body["stop"] = list(self.stop)
+        if self.seed is not None:
+            body["seed"] = self.seed
+        return body
+
+    @cached_property
+    def key(self) -> str:
+        canonical = json.dumps([self.endpoint, self.body()], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
+                "stop": list(self.stop), "n": self.n, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class LLMResponse:
+    texts: tuple[str, ...]
+    finish_reasons: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    request_hash: str
+    cached: bool = False
+    cost_usd: float = 0.0
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    def lineage(self, request: LLMRequest) -> dict[str, Any]:
+        """What an attempt records about the call that produced it."""
+        return {
+            "model": request.model,
+            "template": request.template,
+            "template_hash": request.template_hash,
+            "sampling": request.sampling(),
+            "call": self.request_hash,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reasons[0] if self.finish_reasons else None,
+        }
+
+
+class TransientLLMError(LLMError):
+    """Worth retrying: rate limits, 5xx, timeouts, dropped connections, malformed bodies."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LLMTransport(Protocol):
+    async def send(self, request: LLMRequest) -> LLMResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class CallRecorder(Protocol):
+    """Where completed calls are cached (the store)."""
+
+    async def cached_call(self, request: LLMRequest) -> LLMResponse | None: ...
+
+    async def record_call(self, request: LLMRequest, response: LLMResponse) -> None: ...
+
+
+def _retry_after(response: httpx.Response | None) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class OpenAITransport:
+    """Talks to one OpenAI-compatible base URL with the official client; retries live in LLMClient."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, timeout_s: float = 300.0) -> None:
+        self.base_url = base_url
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
+
+    async def send(self, request: LLMRequest) -> LLMResponse:
+        started = time.perf_counter()
+        body = request.body()
+        try:
+            if request.endpoint == "chat":
+                reply = await self._client.chat.completions.create(**body)
+                texts = tuple((choice.message.content or "") for choice in reply.choices)
+            else:
+                reply = await self._client.completions.create(**body)
+                texts = tuple((choice.text or "") for choice in reply.choices)
+        except openai.RateLimitError as exc:
+            raise TransientLLMError(f"429 rate limited by {self.base_url}", _retry_after(exc.response)) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code >= 500 or exc.status_code in (408, 409):
+                raise TransientLLMError(f"{exc.status_code} from {self.base_url}", _retry_after(exc.response)) from exc
+            raise LLMError(f"{exc.status_code} from {self.base_url}: {_short(exc.message)}") from exc
+        except openai.APITimeoutError as exc:
+            raise TransientLLMError(f"timeout waiting for {self.base_url}") from exc
+        except openai.APIConnectionError as exc:
+            raise TransientLLMError(f"connection to {self.base_url} failed: {_short(str(exc.__cause__ or exc))}") from exc
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
+            raise TransientLLMError(f"malformed response from {self.base_url}: {_short(str(exc))}") from exc
+        if not reply.choices:
+            raise TransientLLMError(f"empty choices from {self.base_url}")
+        usage = reply.usage
+        prompt_tokens = usage.prompt_tokens if usage else 0
+        completion_tokens = usage.completion_tokens if usage else sum(len(text) // 4 for text in texts)
+        return LLMResponse(
+            texts=texts,
+            finish_reasons=tuple((choice.finish_reason or "") for choice in reply.choices),
+            prompt_tokens=prompt_tokens or 0,
+            completion_tokens=completion_tokens or 0,
+            latency_s=time.perf_counter() - started,
+            request_hash=request.key,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class BudgetLike(Protocol):
+    def exhausted(self) -> str | None: ...
+
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float: ...
+
+    @property
+    def prices(self) -> Mapping[str, tuple[float, float]]: ...
+
+
+class LLMClient:
+    """The one way agents reach a model. `transports` maps a role to its endpoint."""
+
+    def __init__(
+        self,
+        transports: Mapping[str, LLMTransport],
+        recorder: CallRecorder | None,
+        *,
+        concurrency: int,
+        max_retries: int = 6,
+        budget: BudgetLike | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        logger: Any = None,
+    ) -> None:
+        self._transports = dict(transports)
+        self._recorder = recorder
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._max_retries = max_retries
+        self._budget = budget
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._log = logger
+        self._random = random.Random()
+        self.calls = 0
+        self.cache_hits = 0
+        self.retries = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def statistics(self) -> dict[str, int]:
+        stats = self._limiter.statistics()
+        return {
+            "in_flight": stats.borrowed_tokens,
+            "waiting": stats.tasks_waiting,
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "retries": self.retries,
+            "tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        if self._recorder is not None:
+            cached = await self._recorder.cached_call(request)
+            if cached is not None:
+                self.cache_hits += 1
+                return cached
+        transport = self._transports.get(request.role) or self._transports.get("default")
+        if transport is None:
+            raise ConfigError(f"no LLM endpoint configured for role {request.role!r}")
+        async with self._limiter:
+            if self._budget is not None and (reason := self._budget.exhausted()):
+                raise BudgetExhausted(reason)
+            response = await self._send_with_retries(transport, request)
+        cost = 0.0
+        if self._budget is not None and request.model in self._budget.prices:
+            cost = self._budget.cost_usd(request.model, response.prompt_tokens, response.completion_tokens)
+        response = dataclasses.replace(response, cost_usd=cost)
+        self.calls += 1
+        self.prompt_tokens += response.prompt_tokens
+        self.completion_tokens += response.completion_tokens
+        if self._budget is not None:
+            self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
+        if self._recorder is not None:
+            await self._recorder.record_call(request, response)
+        return response
+
+    async def _send_with_retries(self, transport: LLMTransport, request: LLMRequest) -> LLMResponse:
+        for retry in range(self._max_retries + 1):
+            try:
+                return await transport.send(request)
+            except TransientLLMError as exc:
+                if retry >= self._max_retries:
+                    raise LLMError(f"{exc} (gave up after {retry + 1} tries)") from exc
+                # Full jitter keeps a fleet of workers from retrying in lockstep after a shared 429.
+                delay = self._random.uniform(0, min(self._backoff_cap_s, self._backoff_base_s * 2**retry))
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, 120.0))
+                self.retries += 1
+                if self._log is not None:
+                    self._log.warning("llm_retry", role=request.role, item_id=request.item_id,
+                                      attempt=request.attempt, error=str(exc), retry=retry + 1,
+                                      delay_s=round(delay, 3))
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        for transport in {id(t): t for t in self._transports.values()}.values():
+            await transport.aclose()
+
+
+async def preflight(base_url: str, model: str | None, api_key: str | None, *, timeout_s: float = 10.0) -> list[str]:
+    """Check the endpoint answers and serves `model` before any work starts; return the served models.
+
+    An unreachable URL or an unknown model is a configuration error, worth one clear line at start-up
+    instead of a thousand failed attempts."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url = base_url.rstrip("/") + "/models"
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s) as client:
+            reply = await client.get(url, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach --base-url {base_url}: {_short(str(exc) or type(exc).__name__)}; is the server running?") from None
+    if reply.status_code in (401, 403):
+        raise ConfigError(f"--base-url {base_url} refused the API key ({reply.status_code}); set the key's environment variable")
+    if reply.status_code != 200:
+        # Some OpenAI-compatible servers have no /models; that is not a reason to refuse to run.
+        return []
+    try:
+        served = [entry["id"] for entry in reply.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if model is not None and served and model not in served:
+        raise ConfigError(f"model {model!r} is not served by {base_url} (it serves: {', '.join(served[:5])}); fix --model")
+    return served

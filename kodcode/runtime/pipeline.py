@@ -1,0 +1,346 @@
+"""The pipeline: five agents on actors, wired with backpressure, driven by the scheduler, resumable.
+
+    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► scheduler ─┬─► Rewriter
+                                     ▲                                                   │
+                                     └────────────── another attempt ◄───────────────────┘
+
+Every message is preceded by a committed store write that records where its item stands, so on resume
+each item re-enters at its last committed state. The attempt queue is unbounded on purpose: the Judge
+feeds it, and a bounded queue there would close a cycle through the Solver (deadlock); its size is
+bounded anyway by the number of open items, which the supply loop caps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+
+from kodcode.agents.context import AgentContext
+from kodcode.agents.judge import Judge
+from kodcode.agents.proposer import Proposer, QuestionGate
+from kodcode.agents.rewriter import Rewriter
+from kodcode.agents.solver import Solver
+from kodcode.agents.tester import Tester
+from kodcode.errors import BudgetExhausted
+from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, RewriteTask
+from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
+from kodcode.runtime.scheduler import AttemptPolicy, paper_label
+from kodcode.sources import SourceMix
+
+__all__ = ["Pipeline", "RunSummary"]
+
+M = TypeVar("M")
+
+
+@dataclass
+class RunSummary:
+    stop_reason: str = ""
+    verified_before: int = 0
+    verified: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    llm: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stop_reason": self.stop_reason,
+            "verified_total": self.verified,
+            "verified_this_run": self.verified - self.verified_before,
+            "items": self.counts,
+            "llm": self.llm,
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
+
+
+class Pipeline:
+    def __init__(self, ctx: AgentContext, *, policy: AttemptPolicy, sources: SourceMix,
+                 gate: QuestionGate | None = None, max_open: int | None = None) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.policy = policy
+        self.sources = sources
+        self.log = ctx.log
+        concurrency = self.config.concurrency
+        self.max_open = max_open or max(2, 2 * concurrency)
+        self._proposer = Proposer(ctx, gate)
+        self._solver = Solver(ctx)
+        self._tester = Tester(ctx)
+        self._judge = Judge(ctx)
+        self._rewriter = Rewriter(ctx)
+        retries = self.config.item_retries
+        self.proposer: Actor[ProposeTask] = self._actor("proposer", self._propose, concurrency, FifoMailbox(concurrency), retries)
+        self.solver: Actor[AttemptTask] = self._actor("solver", self._solve, concurrency, PriorityMailbox(), retries)
+        self.tester: Actor[AttemptTask] = self._actor("tester", self._test, concurrency, FifoMailbox(concurrency), retries)
+        self.judge: Actor[AttemptTask] = self._actor("judge", self._judge_attempt, max(2, concurrency // 2),
+                                                     FifoMailbox(concurrency), retries)
+        self.rewriter: Actor[RewriteTask] = self._actor("rewriter", self._rewrite, max(1, concurrency // 2),
+                                                        FifoMailbox(concurrency), retries)
+        self.actors = (self.proposer, self.solver, self.tester, self.judge, self.rewriter)
+        self._questions: dict[str, str] = {}       # open items: id -> question
+        self._in_flight = 0                        # messages sent and not yet handled
+        self._open_items = 0                       # items proposing or open
+        self._verified = 0
+        self._settled = 0
+        self._verified_settled = 0
+        self._stop_reason: str | None = None
+        self._drained = anyio.Event()
+        self._supply_wakeup = anyio.Event()
+        self.summary = RunSummary()
+        self._started = time.monotonic()
+
+    def _actor(self, name: str, handler: Callable[[M], Awaitable[None]], workers: int, mailbox: Any,
+               retries: int) -> Actor[M]:
+        return Actor(name, handler, workers=workers, mailbox=mailbox, retries=retries,
+                     on_failure=self._on_failure, describe=_describe, logger=self.log, on_idle=self._handled)
+
+    # -- message accounting --------------------------------------------------------------------------
+
+    async def _send(self, actor: Actor[M], message: M, priority: float = 0.0) -> None:
+        self._in_flight += 1
+        try:
+            await actor.send(message, priority)
+        except anyio.ClosedResourceError:
+            self._in_flight -= 1   # intake is closed: the store already holds the item's state for next run
+            self._check_drained()
+
+    def _handled(self) -> None:
+        self._in_flight -= 1
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if self._stop_reason is not None and self._in_flight <= 0:
+            self._drained.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
+    def request_stop(self, reason: str) -> None:
+        """Stop intake: no new questions, no new attempts. Work already in flight finishes."""
+        if self._stop_reason is not None:
+            return
+        self._stop_reason = reason
+        self.log.info("stopping", reason=reason, in_flight=self._in_flight)
+        queued = self.solver.mailbox
+        assert isinstance(queued, PriorityMailbox)
+        queued.close()
+        dropped = queued.drain()               # queued attempts stay 'queued' in the store
+        self._in_flight -= len(dropped)
+        self._supply_wakeup.set()
+        self._check_drained()
+
+    # -- handlers ----------------------------------------------------------------------------------------
+
+    async def _propose(self, task: ProposeTask) -> None:
+        question = await self._guard(self._proposer.handle(task))
+        if question is None:
+            self._item_closed(verified=False, counted=True)
+            return
+        self._questions[task.item_id] = question
+        await self._schedule(task.item_id, 1, priority=self.policy.decide(()).priority, decided=False)
+
+    async def _solve(self, task: AttemptTask) -> None:
+        outcome = await self._guard(self._solver.handle(task))
+        await self._route(outcome)
+
+    async def _test(self, task: AttemptTask) -> None:
+        await self._route(await self._guard(self._tester.handle(task)))
+
+    async def _judge_attempt(self, task: AttemptTask) -> None:
+        await self._route(await self._guard(self._judge.handle(task)))
+
+    async def _rewrite(self, task: RewriteTask) -> None:
+        await self._guard(self._rewriter.handle(task))
+
+    async def _guard(self, work: Awaitable[M]) -> M:
+        try:
+            return await work
+        except BudgetExhausted as exc:
+            self.request_stop(str(exc))
+            raise StopHandling from exc
+
+    async def _route(self, outcome: AttemptTask | AttemptResult) -> None:
+        if isinstance(outcome, AttemptResult):
+            await self.on_result(outcome)
+        elif outcome.tests is None:
+            await self._send(self.tester, outcome)
+        else:
+            await self._send(self.judge, outcome)
+
+    async def _on_failure(self, message: object, reason: str) -> None:
+        """Supervision gave up on a message: record why, and let the item go on where that makes sense."""
+        records = self.ctx.records
+        if isinstance(message, ProposeTask):
+            await records.set_question(message.item_id, None, {}, "failed", reason)
+            self._item_closed(verified=False, counted=True)
+        elif isinstance(message, AttemptTask):
+            await records.fail_attempt(message.item_id, message.attempt, reason)
+            await self.on_result(AttemptResult(message.item_id, message.attempt, False, reason))
+        elif isinstance(message, RewriteTask):
+            await records.save_rewrite(message.item_id, message.style, "rejected", None, False, reason, {})
+
+    # -- scheduling ----------------------------------------------------------------------------------------
+
+    async def _schedule(self, item_id: str, attempt: int, *, priority: float, decided: bool) -> None:
+        if not decided:
+            await self.ctx.records.open_attempt(item_id, attempt, self.config.effective_mode)
+        if self.stopping:
+            return   # the attempt stays 'queued' in the store; the next run starts it
+        await self._send(self.solver, AttemptTask(item_id, attempt, self._questions[item_id]), priority)
+
+    async def on_result(self, result: AttemptResult) -> None:
+        """The scheduler's turn after every attempt: another attempt, or settle the item."""
+        records = self.ctx.records
+        history = await records.pass_history(result.item_id)
+        decision = self.policy.decide(history)
+        attempts = len(history)
+        log = self.log.bind(item_id=result.item_id, attempt=attempts)
+        if decision.action == "retry" and attempts < self.config.max_attempts:
+            await records.decide(result.item_id, attempts, "retry", decision.reason, label=decision.label,
+                                 priority=decision.priority, confidence=decision.confidence,
+                                 next_attempt=(attempts + 1, self.config.effective_mode))
+            log.info("decision", action="retry", priority=round(decision.priority, 4), reason=decision.reason)
+            await self._schedule(result.item_id, attempts + 1, priority=decision.priority, decided=True)
+            return
+        verified = any(history)
+        best = await records.best_attempt(result.item_id) if verified else None
+        label = decision.label or paper_label(history)
+        await records.decide(
+            result.item_id, attempts, decision.action if decision.action != "retry" else "give_up",
+            decision.reason, label=label, confidence=decision.confidence,
+            final_state="verified" if verified else "failed",
+            chosen_attempt=best["attempt"] if best else None, entry_point=best["entry_point"] if best else None,
+            pass_sequence=history)
+        log.info("item_settled", state="verified" if verified else "failed", difficulty=label,
+                 pass_sequence="".join("1" if p else "0" for p in history), reason=decision.reason)
+        question = self._questions.pop(result.item_id, "")
+        self._item_closed(verified=verified, counted=True)
+        if verified:
+            assert best is not None
+            for style in self.config.styles:
+                await self._send(self.rewriter, RewriteTask(result.item_id, style, question, best["solution"],
+                                                            best["tests"], best["entry_point"]))
+            if self._verified >= self.config.target:
+                self.request_stop(f"target reached: {self._verified} verified")
+
+    def _item_closed(self, *, verified: bool, counted: bool) -> None:
+        self._open_items -= 1
+        if counted:
+            self._settled += 1
+            self._verified += int(verified)
+            self._verified_settled += int(verified)
+        self._supply_wakeup.set()
+
+    # -- supply --------------------------------------------------------------------------------------------
+
+    def _allowed_open(self) -> int:
+        """Only as many open questions as the target still needs, at the yield seen so far."""
+        needed = self.config.target - self._verified
+        if needed <= 0:
+            return 0
+        yield_rate = (self._verified_settled + 1) / (self._settled + 2)   # Laplace: no data → 50%
+        return min(self.max_open, max(1, math.ceil(needed / max(yield_rate, 0.05))))
+
+    async def _supply(self) -> None:
+        seq = await self.ctx.records.next_seq()
+        while not self.stopping:
+            if self._open_items >= self._allowed_open():
+                if self._verified >= self.config.target:
+                    self.request_stop(f"target reached: {self._verified} verified")
+                    return
+                self._supply_wakeup = anyio.Event()
+                await self._supply_wakeup.wait()
+                continue
+            task = self.sources.task_for(seq)
+            await self.ctx.records.add_proposal(task)
+            self._open_items += 1
+            seq += 1
+            await self._send(self.proposer, task)
+
+    # -- resume ---------------------------------------------------------------------------------------------
+
+    async def _resume(self) -> None:
+        records = self.ctx.records
+        self._verified = await records.verified_count()
+        self._verified_settled, self._settled = await records.yield_so_far()
+        self.summary.verified_before = self._verified
+        state = await records.resume_state(tuple(self.config.styles))
+        mode = self.config.effective_mode
+        for row in state.unrewritten:
+            await self._send(self.rewriter, RewriteTask(row["item_id"], row["style"], row["question"], row["solution"],
+                                                        row["tests"], row["entry_point"]))
+        for task in state.proposing:
+            self._open_items += 1
+            await self._send(self.proposer, self.sources.task_for(task.seq))
+        for item in state.open_items:
+            self._open_items += 1
+            self._questions[item.item_id] = item.question
+            last = item.attempts[-1] if item.attempts else None
+            if last is None:
+                await self._schedule(item.item_id, 1, priority=self.policy.decide(()).priority, decided=False)
+            elif last["state"] == "queued":
+                history = [bool(a["passed"]) for a in item.attempts if a["state"] == "judged"]
+                await self._schedule(item.item_id, last["attempt"], priority=self.policy.decide(history).priority,
+                                     decided=True)
+            elif last["state"] == "solved" and mode == "split":
+                await self._send(self.tester, AttemptTask(item.item_id, last["attempt"], item.question,
+                                                          last["solution"], last["entry_point"]))
+            elif last["state"] in ("solved", "tested"):
+                await self._send(self.judge, AttemptTask(item.item_id, last["attempt"], item.question,
+                                                         last["solution"], last["entry_point"], last["tests"]))
+            else:
+                await self.on_result(AttemptResult(item.item_id, last["attempt"], bool(last["passed"]), last["reason"]))
+        if state.proposing or state.open_items or state.unrewritten:
+            self.log.info("resumed", proposing=len(state.proposing), open=len(state.open_items),
+                          rewrites=len(state.unrewritten), verified=self._verified)
+
+    # -- run --------------------------------------------------------------------------------------------
+
+    async def run(self, *, on_tick: Callable[[], Awaitable[None]] | None = None, tick_s: float = 5.0) -> None:
+        """Run until the target is reached (and its rewrites are done) or a stop is requested and the
+        work in flight has drained. Cancelling it loses nothing committed."""
+        self._started = time.monotonic()
+        async with anyio.create_task_group() as actors:
+            for actor in self.actors:
+                actors.start_soon(actor.run)
+            await self._resume()
+            if self._verified >= self.config.target:
+                self.request_stop(f"target reached: {self._verified} verified")
+            async with anyio.create_task_group() as control:
+                control.start_soon(self._supply)
+                if on_tick is not None:
+                    control.start_soon(_every, tick_s, on_tick)
+                self._check_drained()
+                await self._drained.wait()
+                control.cancel_scope.cancel()
+            actors.cancel_scope.cancel()
+
+    async def collect_summary(self) -> RunSummary:
+        self.summary.stop_reason = self._stop_reason or "interrupted"
+        self.summary.verified = await self.ctx.records.verified_count()
+        self.summary.counts = await self.ctx.records.counts()
+        self.summary.elapsed_s = time.monotonic() - self._started
+        return self.summary
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "open_items": self._open_items,
+            "in_flight": self._in_flight,
+            "verified": self._verified,
+            "actors": {a.name: a.statistics().__dict__.copy() for a in self.actors},
+        }
+
+
+async def _every(seconds: float, callback: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await anyio.sleep(seconds)
+        await callback()
+
+
+def _describe(message: object) -> dict[str, Any]:
+    return {"item_id": getattr(message, "item_id", None), "attempt": getattr(message, "attempt", None)}

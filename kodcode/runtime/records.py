@@ -1,0 +1,263 @@
+"""Domain operations on the store: what agents and the runtime record, in the words of the pipeline.
+
+Agents get a `Records` handle and never write SQL; each method is one grouped, committed write.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from kodcode.messages import ProposeTask
+from kodcode.runtime.llm import LLMRequest, LLMResponse
+from kodcode.runtime.store import Op, Store, dumps, now
+from kodcode.sandbox.base import Verdict
+
+__all__ = ["ITEM_STATES", "Records", "ResumeState", "OpenItem"]
+
+# proposing → open → verified | failed; or → duplicate | contaminated | rejected (never solved)
+ITEM_STATES = ("proposing", "open", "verified", "failed", "duplicate", "contaminated", "rejected")
+TERMINAL_STATES = ("verified", "failed", "duplicate", "contaminated", "rejected")
+
+
+@dataclass(frozen=True)
+class OpenItem:
+    item_id: str
+    question: str
+    attempts: tuple[dict[str, Any], ...]   # attempt rows in order
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    proposing: tuple[ProposeTask, ...]
+    open_items: tuple[OpenItem, ...]
+    unrewritten: tuple[dict[str, Any], ...]  # verified items still owed a rewrite (item row + style)
+
+
+class Records:
+    def __init__(self, store: Store, run_id: str | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+
+    # -- runs ------------------------------------------------------------------------------------------
+
+    async def start_run(self, config: dict[str, Any]) -> str:
+        self.run_id = uuid.uuid4().hex[:12]
+        await self.store.write([(
+            "INSERT INTO runs(run_id, started_at, status, config) VALUES(?,?,?,?)",
+            (self.run_id, now(), "running", dumps(config)),
+        )])
+        return self.run_id
+
+    async def finish_run(self, status: str, summary: dict[str, Any]) -> None:
+        await self.store.write([(
+            "UPDATE runs SET ended_at=?, status=?, summary=? WHERE run_id=?",
+            (now(), status, dumps(summary), self.run_id),
+        )])
+
+    # -- items -----------------------------------------------------------------------------------------
+
+    async def next_seq(self) -> int:
+        return int(await self.store.scalar("SELECT COALESCE(MAX(seq), -1) + 1 FROM items"))
+
+    async def add_proposal(self, task: ProposeTask) -> None:
+        t = now()
+        await self.store.write([(
+            "INSERT INTO items(item_id, seq, source, subset, state, seed_ids, run_id, created_at, updated_at)"
+            " VALUES(?,?,?,?,?,?,?,?,?)",
+            (task.item_id, task.seq, task.source, task.subset, "proposing", dumps(list(task.seed_ids)),
+             self.run_id, t, t),
+        )])
+
+    async def set_question(self, item_id: str, question: str | None, lineage: dict[str, Any], state: str,
+                           reason: str | None = None, dedup: tuple[str, bytes | None] | None = None) -> None:
+        ops: list[Op] = [(
+            "UPDATE items SET question=?, lineage=?, state=?, reason=?, updated_at=? WHERE item_id=?",
+            (question, dumps(lineage), state, reason, now(), item_id),
+        )]
+        if dedup is not None:
+            ops.append(("INSERT OR REPLACE INTO dedup_index(item_id, exact_hash, minhash) VALUES(?,?,?)",
+                        (item_id, dedup[0], dedup[1])))
+        await self.store.write(ops)
+
+    async def dedup_rows(self) -> list[tuple[str, str, bytes | None]]:
+        rows = await self.store.rows("SELECT item_id, exact_hash, minhash FROM dedup_index ORDER BY rowid")
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    async def fail_item(self, item_id: str, reason: str) -> None:
+        await self.store.write([(
+            "UPDATE items SET state='failed', reason=?, updated_at=? WHERE item_id=?", (reason, now(), item_id))])
+
+    # -- attempts --------------------------------------------------------------------------------------
+
+    async def open_attempt(self, item_id: str, attempt: int, mode: str) -> None:
+        t = now()
+        await self.store.write([(
+            "INSERT OR IGNORE INTO attempts(item_id, attempt, state, mode, created_at, updated_at) VALUES(?,?,?,?,?,?)",
+            (item_id, attempt, "queued", mode, t, t),
+        )])
+
+    async def save_solution(self, item_id: str, attempt: int, solution: str, entry_point: str,
+                            lineage: dict[str, Any]) -> None:
+        await self.store.write([(
+            "UPDATE attempts SET state='solved', solution=?, entry_point=?,"
+            " lineage=json_set(lineage, '$.solver', json(?)), updated_at=? WHERE item_id=? AND attempt=?",
+            (solution, entry_point, dumps(lineage), now(), item_id, attempt),
+        )])
+
+    async def save_tests(self, item_id: str, attempt: int, tests: str, lineage: dict[str, Any],
+                         solution: str | None = None, entry_point: str | None = None) -> None:
+        await self.store.write([(
+            "UPDATE attempts SET state='tested', tests=?, solution=COALESCE(?, solution),"
+            " entry_point=COALESCE(?, entry_point), lineage=json_set(lineage, '$.tester', json(?)), updated_at=?"
+            " WHERE item_id=? AND attempt=?",
+            (tests, solution, entry_point, dumps(lineage), now(), item_id, attempt),
+        )])
+
+    async def save_verdict(self, item_id: str, attempt: int, verdict: Verdict) -> None:
+        outcomes = [{"name": t.name, "outcome": t.outcome, "message": t.message} for t in verdict.tests]
+        await self.store.write([(
+            "UPDATE attempts SET state='judged', passed=?, reason=?, test_results=?, coverage=?, duration_s=?,"
+            " updated_at=? WHERE item_id=? AND attempt=?",
+            (int(verdict.passed), verdict.reason, dumps(outcomes), verdict.coverage, verdict.duration_s, now(),
+             item_id, attempt),
+        )])
+
+    async def fail_attempt(self, item_id: str, attempt: int, reason: str, *, role: str | None = None,
+                           lineage: dict[str, Any] | None = None, raw_output: str | None = None) -> None:
+        """An attempt that ended before (or instead of) a verdict; the unusable output is kept for debugging."""
+        column = "tests" if role == "tester" else "solution"
+        await self.store.write([(
+            f"UPDATE attempts SET state='judged', passed=0, reason=?, {column}=COALESCE(?, {column}),"
+            " lineage=CASE WHEN ? IS NULL THEN lineage ELSE json_set(lineage, '$.' || ?, json(?)) END,"
+            " updated_at=? WHERE item_id=? AND attempt=?",
+            (reason, raw_output, role, role, dumps(lineage) if lineage is not None else None, now(), item_id, attempt),
+        )])
+
+    async def pass_history(self, item_id: str) -> list[bool]:
+        rows = await self.store.rows(
+            "SELECT passed FROM attempts WHERE item_id=? AND state='judged' ORDER BY attempt", (item_id,))
+        return [bool(row[0]) for row in rows]
+
+    async def attempts_count(self, item_id: str) -> int:
+        return int(await self.store.scalar("SELECT COUNT(*) FROM attempts WHERE item_id=?", (item_id,)))
+
+    async def best_attempt(self, item_id: str) -> dict[str, Any] | None:
+        """The paper's chosen trial: the passing attempt with the highest coverage (earliest on ties)."""
+        rows = await self.store.rows(
+            "SELECT * FROM attempts WHERE item_id=? AND passed=1 ORDER BY COALESCE(coverage, -1) DESC, attempt LIMIT 1",
+            (item_id,))
+        return dict(rows[0]) if rows else None
+
+    async def decide(self, item_id: str, attempts: int, action: str, reason: str, *, label: str | None = None,
+                     priority: float | None = None, confidence: float | None = None,
+                     final_state: str | None = None, chosen_attempt: int | None = None,
+                     entry_point: str | None = None, pass_sequence: list[bool] | None = None,
+                     next_attempt: tuple[int, str] | None = None) -> None:
+        """Record a scheduler decision together with its effect, in one transaction: a final decision
+        settles the item, a retry opens the next attempt."""
+        t = now()
+        ops: list[Op] = [(
+            "INSERT INTO decisions(item_id, attempts, action, label, priority, confidence, reason, run_id, created_at)"
+            " VALUES(?,?,?,?,?,?,?,?,?)",
+            (item_id, attempts, action, label, priority, confidence, reason, self.run_id, t),
+        )]
+        if final_state is not None:
+            ops.append((
+                "UPDATE items SET state=?, difficulty=?, pass_sequence=?, chosen_attempt=?, entry_point=?,"
+                " reason=?, updated_at=? WHERE item_id=?",
+                (final_state, label, dumps([int(p) for p in pass_sequence or []]), chosen_attempt, entry_point,
+                 None if final_state == "verified" else reason, t, item_id),
+            ))
+        if next_attempt is not None:
+            ops.append((
+                "INSERT OR IGNORE INTO attempts(item_id, attempt, state, mode, created_at, updated_at)"
+                " VALUES(?,?,?,?,?,?)", (item_id, next_attempt[0], "queued", next_attempt[1], t, t)))
+        await self.store.write(ops)
+
+    # -- rewrites --------------------------------------------------------------------------------------
+
+    async def save_rewrite(self, item_id: str, style: str, state: str, question: str | None,
+                           passed: bool | None, reason: str | None, lineage: dict[str, Any]) -> None:
+        t = now()
+        await self.store.write([(
+            "INSERT INTO rewrites(item_id, style, state, question, passed, reason, lineage, created_at, updated_at)"
+            " VALUES(?,?,?,?,?,?,?,?,?) ON CONFLICT(item_id, style) DO UPDATE SET state=excluded.state,"
+            " question=excluded.question, passed=excluded.passed, reason=excluded.reason,"
+            " lineage=excluded.lineage, updated_at=excluded.updated_at",
+            (item_id, style, state, question, None if passed is None else int(passed), reason, dumps(lineage), t, t),
+        )])
+
+    # -- LLM call cache (CallRecorder) -----------------------------------------------------------------
+
+    async def cached_call(self, request: LLMRequest) -> LLMResponse | None:
+        rows = await self.store.rows(
+            "SELECT response, finish_reasons, prompt_tokens, completion_tokens, latency_s, cost_usd"
+            " FROM llm_calls WHERE request_hash=?", (request.key,))
+        if not rows:
+            return None
+        row = rows[0]
+        return LLMResponse(
+            texts=tuple(json.loads(row[0])), finish_reasons=tuple(json.loads(row[1])), prompt_tokens=row[2],
+            completion_tokens=row[3], latency_s=row[4], request_hash=request.key, cached=True, cost_usd=row[5])
+
+    async def record_call(self, request: LLMRequest, response: LLMResponse) -> None:
+        await self.store.write([(
+            "INSERT OR IGNORE INTO llm_calls(request_hash, role, model, template, template_hash, item_id, attempt,"
+            " request, response, finish_reasons, prompt_tokens, completion_tokens, latency_s, cost_usd, run_id,"
+            " created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (request.key, request.role, request.model, request.template, request.template_hash, request.item_id,
+             request.attempt, dumps([request.endpoint, request.body()]), dumps(list(response.texts)),
+             dumps(list(response.finish_reasons)), response.prompt_tokens, response.completion_tokens,
+             response.latency_s, response.cost_usd, self.run_id, now()),
+        )])
+
+    async def spent(self) -> dict[str, float]:
+        row = (await self.store.rows(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0), COALESCE(SUM(cost_usd), 0)"
+            " FROM llm_calls"))[0]
+        return {"calls": row[0], "tokens": row[1], "usd": row[2]}
+
+    # -- resume and counts -----------------------------------------------------------------------------
+
+    async def resume_state(self, styles: tuple[str, ...]) -> ResumeState:
+        proposing = tuple(
+            ProposeTask(item_id=row["item_id"], seq=row["seq"], source=row["source"], subset=row["subset"],
+                        seed_ids=tuple(json.loads(row["seed_ids"] or "[]")))
+            for row in await self.store.rows("SELECT * FROM items WHERE state='proposing' ORDER BY seq"))
+        open_rows = await self.store.rows("SELECT item_id, question FROM items WHERE state='open' ORDER BY seq")
+        attempt_rows = await self.store.rows(
+            "SELECT a.* FROM attempts a JOIN items i USING(item_id) WHERE i.state='open' ORDER BY a.item_id, a.attempt")
+        by_item: dict[str, list[dict[str, Any]]] = {}
+        for row in attempt_rows:
+            by_item.setdefault(row["item_id"], []).append(dict(row))
+        open_items = tuple(OpenItem(row["item_id"], row["question"], tuple(by_item.get(row["item_id"], ())))
+                           for row in open_rows)
+        unrewritten: list[dict[str, Any]] = []
+        for style in styles:
+            rows = await self.store.rows(
+                "SELECT i.item_id, i.question, i.entry_point, a.solution, a.tests, ? AS style FROM items i"
+                " JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt"
+                " WHERE i.state='verified' AND NOT EXISTS (SELECT 1 FROM rewrites r WHERE r.item_id=i.item_id"
+                " AND r.style=? AND r.state IN ('verified','rejected')) ORDER BY i.seq",
+                (style, style))
+            unrewritten.extend(dict(row) for row in rows)
+        return ResumeState(proposing, open_items, tuple(unrewritten))
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self.store.rows("SELECT state, COUNT(*) FROM items GROUP BY state")
+        counts = {state: 0 for state in ITEM_STATES}
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    async def verified_count(self) -> int:
+        return int(await self.store.scalar("SELECT COUNT(*) FROM items WHERE state='verified'"))
+
+    async def yield_so_far(self) -> tuple[int, int]:
+        """(verified, settled) over items that reached a final verdict; the Proposer sizes its supply by it."""
+        row = (await self.store.rows(
+            "SELECT SUM(state='verified'), SUM(state IN ('verified','failed','duplicate','contaminated','rejected'))"
+            " FROM items"))[0]
+        return int(row[0] or 0), int(row[1] or 0)

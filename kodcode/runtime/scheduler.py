@@ -1,0 +1,678 @@
+"""Adaptive attempt scheduling: when to try a question again, in what order, and when the run must stop.
+
+The paper gives every question 10 solve attempts and labels its difficulty from the pass rate over
+those 10 (easy >= 2/3, hard < 1/3, medium between, no pass = fail). Most questions do not need 10:
+one that passes 4 times in 4 will almost surely be "easy" after 10. This module decides, after
+every verdict, whether a question's outcome and label are settled, and if not how valuable its next
+attempt is. Everything here is pure (no I/O) except `AttemptQueue`, which is an anyio-based queue.
+
+The model behind `AdaptivePolicy`: each question has an unknown pass probability p with the prior
+`PassPrior` (a point mass at p = 0 for questions nothing solves, plus a Beta), fitted to the paper's
+Pass@k curve. Given k passes in m attempts, the number of passes the remaining 10 - m trials of the
+paper's protocol would add is beta-binomial, so P(10-trial label | history) is exact. The stopping
+rule is the Bayes-optimal one (backward induction over the states (m, k)) for the reward
+"lam * P(label agrees with the 10-trial label) + triplet_value * [verified] - attempts used", with
+lam calibrated so that the expected agreement under the prior reaches `confidence`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar, get_args
+
+import anyio
+import anyio.lowlevel
+
+from kodcode.errors import BudgetExhausted, ConfigError
+
+__all__ = [
+    "DEFAULT_PRIOR",
+    "LABELS",
+    "PAPER_PASS_AT",
+    "PAPER_TRIALS",
+    "AdaptivePolicy",
+    "AttemptPolicy",
+    "AttemptQueue",
+    "Budget",
+    "BudgetSpent",
+    "Decision",
+    "FirstPassPolicy",
+    "FixedPolicy",
+    "Label",
+    "PassPrior",
+    "QueueStatistics",
+    "fit_pass_prior",
+    "label_distribution",
+    "label_for_count",
+    "paper_label",
+]
+
+Label = Literal["easy", "medium", "hard", "fail"]
+LABELS: tuple[Label, ...] = get_args(Label)
+Action = Literal["stop", "retry", "give_up"]
+
+PAPER_TRIALS = 10
+# Read off the paper's Fig. 2 (average over subsets); the fail rate after 10 is 1 - Pass@10 = 35%.
+PAPER_PASS_AT: Mapping[int, float] = {1: 0.42, 5: 0.62, 10: 0.65}
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's labels
+
+
+def label_for_count(passes: int, trials: int) -> Label:
+    """The paper's get_gpt_difficulty on a pass count; integer comparisons avoid 2/3 rounding."""
+    if trials <= 0 or not 0 <= passes <= trials:
+        raise ValueError(f"need 0 <= passes <= trials and trials > 0, got {passes} of {trials}")
+    if passes == 0:
+        return "fail"
+    if 3 * passes >= 2 * trials:
+        return "easy"
+    if 3 * passes < trials:
+        return "hard"
+    return "medium"
+
+
+def paper_label(passes: Sequence[bool]) -> Label:
+    """The label the paper gives a complete attempt history: pass rate >= 2/3 easy, < 1/3 hard."""
+    return label_for_count(sum(1 for ok in passes if ok), len(passes))
+
+
+# ---------------------------------------------------------------------------------------------
+# The prior over a question's pass probability
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+@dataclass(frozen=True)
+class PassPrior:
+    """p = 0 with probability `zero_mass` (unsolvable for this solver), else p ~ Beta(alpha, beta)."""
+
+    zero_mass: float
+    alpha: float
+    beta: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.zero_mass < 1.0 or self.alpha <= 0.0 or self.beta <= 0.0:
+            raise ConfigError(f"invalid pass prior {self}: need 0 <= zero_mass < 1 and alpha, beta > 0")
+
+    def pass_at(self, k: int) -> float:
+        """Expected Pass@k: the chance that at least one of k attempts passes."""
+        all_fail = math.exp(_log_beta(self.alpha, self.beta + k) - _log_beta(self.alpha, self.beta))
+        return (1.0 - self.zero_mass) * (1.0 - all_fail)
+
+    def sample(self, rng: random.Random) -> float:
+        """One question's pass probability, for simulations."""
+        if rng.random() < self.zero_mass:
+            return 0.0
+        return rng.betavariate(self.alpha, self.beta)
+
+    def _posterior_zero_mass(self, attempts: int, passes: int) -> float:
+        if passes > 0 or self.zero_mass == 0.0:
+            return 0.0
+        beta_part = (1.0 - self.zero_mass) * math.exp(
+            _log_beta(self.alpha, self.beta + attempts) - _log_beta(self.alpha, self.beta)
+        )
+        return self.zero_mass / (self.zero_mass + beta_part)
+
+    def next_pass_probability(self, attempts: int, passes: int) -> float:
+        """P(the next attempt passes | passes of attempts so far)."""
+        _check_counts(attempts, passes)
+        w0 = self._posterior_zero_mass(attempts, passes)
+        return (1.0 - w0) * (self.alpha + passes) / (self.alpha + self.beta + attempts)
+
+    def future_passes(self, attempts: int, passes: int, more: int) -> list[float]:
+        """P(j passes in `more` further attempts | history), for j = 0..more (posterior predictive)."""
+        _check_counts(attempts, passes)
+        w0 = self._posterior_zero_mass(attempts, passes)
+        a, b = self.alpha + passes, self.beta + attempts - passes
+        log_norm = _log_beta(a, b)
+        probs = [
+            (1.0 - w0) * math.exp(_log_choose(more, j) + _log_beta(a + j, b + more - j) - log_norm)
+            for j in range(more + 1)
+        ]
+        probs[0] += w0
+        return probs
+
+
+def _check_counts(attempts: int, passes: int) -> None:
+    if attempts < 0 or not 0 <= passes <= attempts:
+        raise ValueError(f"need 0 <= passes <= attempts, got {passes} of {attempts}")
+
+
+def fit_pass_prior(pass_at: Mapping[int, float]) -> PassPrior:
+    """Least-squares fit of a PassPrior to a Pass@k curve: a coarse grid, then local refinement."""
+    if not pass_at or any(k < 1 or not 0.0 < v < 1.0 for k, v in pass_at.items()):
+        raise ConfigError(f"pass@k targets must have k >= 1 and values in (0, 1), got {dict(pass_at)}")
+
+    def error(w: float, a: float, b: float) -> float:
+        prior = PassPrior(w, a, b)
+        return sum((prior.pass_at(k) - v) ** 2 for k, v in pass_at.items())
+
+    def log_grid(lo: float, hi: float, n: int) -> list[float]:
+        return [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (n - 1)) for i in range(n)]
+
+    shapes = log_grid(0.05, 20.0, 36)
+    best = min(
+        ((error(w / 50, a, b), w / 50, a, b) for w in range(0, 45) for a in shapes for b in shapes),
+        key=lambda t: t[0],
+    )
+    _, w, a, b = best
+    # Coordinate refinement with shrinking steps (multiplicative for the Beta shapes).
+    step_w, step_log = 0.01, 0.1
+    for _ in range(60):
+        improved = False
+        for cand in (
+            (w + step_w, a, b), (w - step_w, a, b),
+            (w, a * math.exp(step_log), b), (w, a * math.exp(-step_log), b),
+            (w, a, b * math.exp(step_log)), (w, a, b * math.exp(-step_log)),
+        ):
+            if 0.0 <= cand[0] < 0.95 and (err := error(*cand)) < best[0]:
+                best, improved = (err, *cand), True
+        _, w, a, b = best
+        if not improved:
+            step_w, step_log = step_w / 2, step_log / 2
+    return PassPrior(zero_mass=round(w, 4), alpha=round(a, 4), beta=round(b, 4))
+
+
+# fit_pass_prior(PAPER_PASS_AT); benchmarks/scheduler_sim.py refits and prints it. Its curve:
+# Pass@1 = 0.42, Pass@5 = 0.62, Pass@10 = 0.65 (fail after 10 trials: 35%).
+DEFAULT_PRIOR = PassPrior(zero_mass=0.3221, alpha=1.31, beta=0.8028)
+
+
+def label_distribution(
+    attempts: int, passes: int, prior: PassPrior = DEFAULT_PRIOR, trials: int = PAPER_TRIALS
+) -> dict[Label, float]:
+    """P(label the `trials`-trial protocol gives | passes of attempts so far), exact under `prior`.
+
+    The protocol's label is a function of the pass count over the first `trials` attempts; the
+    history fixes `passes` of them and the rest are beta-binomial. Once attempts >= trials the label
+    is the paper's rule on the history itself.
+    """
+    _check_counts(attempts, passes)
+    if attempts >= trials:
+        return {label_for_count(passes, attempts): 1.0}
+    out: dict[Label, float] = {}
+    for more_passes, prob in enumerate(prior.future_passes(attempts, passes, trials - attempts)):
+        label = label_for_count(passes + more_passes, trials)
+        out[label] = out.get(label, 0.0) + prob
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions and policies
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a question after its latest verdict, and why (stored with the attempt)."""
+
+    action: Action
+    # The value of the next attempt, comparable across questions (see AdaptivePolicy); 0 unless retry.
+    priority: float
+    reason: str
+    # The final label on stop/give_up; None on retry (see label_probs for the current belief).
+    label: Label | None
+    # P(label) on stop/give_up; on retry, how settled the most likely label is now.
+    confidence: float
+    attempts: int = 0
+    passes: int = 0
+    p_next_pass: float = 0.0       # posterior chance that one more attempt passes
+    label_probs: tuple[tuple[Label, float], ...] = ()
+
+    def label_probability(self, label: Label) -> float:
+        return dict(self.label_probs).get(label, 0.0)
+
+
+class AttemptPolicy(Protocol):
+    max_attempts: int
+
+    def decide(self, passes: Sequence[bool]) -> Decision: ...
+
+
+def _counts(passes: Sequence[bool], max_attempts: int) -> tuple[int, int]:
+    attempts = len(passes)
+    if attempts > max_attempts:
+        raise ValueError(f"history has {attempts} attempts, more than max_attempts={max_attempts}")
+    return attempts, sum(1 for ok in passes if ok)
+
+
+def _check_max_attempts(max_attempts: int) -> None:
+    if max_attempts < 1:
+        raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+
+
+def _ordered(probs: Mapping[Label, float]) -> tuple[tuple[Label, float], ...]:
+    return tuple((label, probs[label]) for label in LABELS if label in probs)
+
+
+def _final(attempts: int, passes: int, reason: str, *, label: Label | None = None,
+           confidence: float = 1.0) -> Decision:
+    label = label or label_for_count(passes, attempts)
+    return Decision(
+        action="give_up" if passes == 0 else "stop", priority=0.0, reason=reason, label=label,
+        confidence=confidence, attempts=attempts, passes=passes, label_probs=((label, confidence),),
+    )
+
+
+@dataclass(frozen=True)
+class FixedPolicy:
+    """The paper's protocol: every question gets exactly max_attempts attempts."""
+
+    max_attempts: int = PAPER_TRIALS
+
+    def __post_init__(self) -> None:
+        _check_max_attempts(self.max_attempts)
+
+    def decide(self, passes: Sequence[bool]) -> Decision:
+        attempts, n_pass = _counts(passes, self.max_attempts)
+        if attempts < self.max_attempts:
+            return Decision(
+                action="retry", priority=1.0, label=None, confidence=0.0,
+                reason=f"fixed protocol: attempt {attempts + 1} of {self.max_attempts}",
+                attempts=attempts, passes=n_pass,
+            )
+        return _final(attempts, n_pass, f"fixed protocol done: {n_pass}/{attempts} passed")
+
+
+@dataclass(frozen=True)
+class FirstPassPolicy:
+    """Retry until the first pass (up to max_attempts); label the short history by the paper's rule."""
+
+    max_attempts: int = PAPER_TRIALS
+    prior: PassPrior = DEFAULT_PRIOR
+
+    def __post_init__(self) -> None:
+        _check_max_attempts(self.max_attempts)
+
+    def decide(self, passes: Sequence[bool]) -> Decision:
+        attempts, n_pass = _counts(passes, self.max_attempts)
+        if n_pass > 0:
+            label = label_for_count(n_pass, attempts)
+            # How likely the 10-trial protocol would agree with this short-history label.
+            agree = label_distribution(attempts, n_pass, self.prior).get(label, 0.0)
+            return _final(attempts, n_pass, f"first pass at attempt {attempts}; label {label} from "
+                          f"{n_pass}/{attempts} (10-trial agreement P={agree:.2f})", confidence=agree)
+        if attempts < self.max_attempts:
+            return Decision(
+                action="retry", priority=1.0, label=None, confidence=0.0,
+                reason=f"no pass in {attempts} attempts; attempt {attempts + 1} of {self.max_attempts}",
+                attempts=attempts, passes=0,
+            )
+        return _final(attempts, 0, f"no pass in {attempts} attempts (max_attempts reached)")
+
+
+class _Plan(NamedTuple):
+    retry: bool
+    label: Label                   # the label given if stopping here
+    correct: float                 # P(that label agrees with the paper's 10-trial label)
+
+
+class AdaptivePolicy:
+    """Bayes-optimal sequential stopping for labels that agree with the paper's 10-trial protocol.
+
+    confidence: the expected share of questions whose label (fail included) equals the label the
+        paper's `trials`-trial protocol would give, under `prior`. The policy spends the fewest
+        expected attempts that reach it (a Lagrangian weight on agreement, found by bisection).
+    triplet_value: how many attempts one verified triplet is worth. With 0 a question with no pass
+        is dropped as soon as "fail" is the label that best trades agreement against attempts; higher
+        values keep trying questions that keep failing, up to max_attempts.
+    max_attempts may exceed `trials`: beyond it only the chance of a verified triplet counts.
+
+    Priority of a retry (the value of the next attempt, one scale for every question):
+      * no pass yet: P(the next attempt passes), the chance it yields a verified triplet. A fresh
+        question gets the prior's Pass@1 (about 0.42); after failures it falls (0.19, 0.10, ...).
+      * already verified: LABEL_PRIORITY * (1 - P(most likely label)); the triplet is banked and the
+        attempt only refines its label, so it ranks below a fresh question (at most 0.5 * 2/3).
+    """
+
+    LABEL_PRIORITY = 0.5
+
+    def __init__(
+        self,
+        max_attempts: int = PAPER_TRIALS,
+        confidence: float = 0.95,
+        prior: PassPrior = DEFAULT_PRIOR,
+        *,
+        triplet_value: float = 2.0,
+        trials: int = PAPER_TRIALS,
+    ) -> None:
+        _check_max_attempts(max_attempts)
+        if not 0.0 < confidence <= 1.0:
+            raise ConfigError(f"confidence must be in (0, 1], got {confidence}")
+        if triplet_value < 0.0 or trials < 1:
+            raise ConfigError(f"need triplet_value >= 0 and trials >= 1, got {triplet_value}, {trials}")
+        self.max_attempts = max_attempts
+        self.confidence = confidence
+        self.prior = prior
+        self.triplet_value = triplet_value
+        self.trials = trials
+        self._p_next = {
+            (m, k): prior.next_pass_probability(m, k)
+            for m in range(max_attempts + 1) for k in range(m + 1)
+        }
+        self._probs = {
+            (m, k): label_distribution(m, k, prior, trials)
+            for m in range(max_attempts + 1) for k in range(m + 1)
+        }
+        self.label_weight, self._plan = self._calibrate()
+        self.expected_attempts, self.expected_agreement, self.expected_verified = self._expectations(
+            self._plan
+        )
+
+    # -- planning -----------------------------------------------------------------------------
+
+    def _stop_label(self, m: int, k: int) -> tuple[Label, float]:
+        if k == 0 and m < self.trials:
+            return "fail", self._probs[m, k].get("fail", 0.0)
+        if m >= self.trials:
+            return label_for_count(k, m), 1.0
+        probs = self._probs[m, k]
+        label = max((lb for lb in LABELS if lb != "fail"), key=lambda lb: probs.get(lb, 0.0))
+        return label, probs[label]
+
+    def _solve(self, weight: float) -> dict[tuple[int, int], _Plan]:
+        """Backward induction; value = weight * P(agree) + triplet_value * [verified] - attempts."""
+        value: dict[tuple[int, int], float] = {}
+        plan: dict[tuple[int, int], _Plan] = {}
+        for m in range(self.max_attempts, -1, -1):
+            for k in range(m + 1):
+                label, correct = self._stop_label(m, k)
+                stop_value = weight * correct + (self.triplet_value if k > 0 else 0.0)
+                retry = False
+                if m < self.max_attempts and not (k > 0 and m >= self.trials):
+                    p = self._p_next[m, k]
+                    go_value = -1.0 + p * value[m + 1, k + 1] + (1.0 - p) * value[m + 1, k]
+                    retry = go_value > stop_value + 1e-12
+                    stop_value = max(stop_value, go_value)
+                value[m, k] = stop_value
+                plan[m, k] = _Plan(retry, label, correct)
+        return plan
+
+    def _expectations(self, plan: Mapping[tuple[int, int], _Plan]) -> tuple[float, float, float]:
+        """E[attempts], E[agreement], E[verified] under the prior (forward pass over states)."""
+        reach = {(0, 0): 1.0}
+        attempts = agreement = verified = 0.0
+        for m in range(self.max_attempts + 1):
+            for k in range(m + 1):
+                mass = reach.get((m, k), 0.0)
+                if mass == 0.0:
+                    continue
+                step = plan[m, k]
+                if step.retry:
+                    p = self._p_next[m, k]
+                    attempts += mass
+                    reach[m + 1, k + 1] = reach.get((m + 1, k + 1), 0.0) + mass * p
+                    reach[m + 1, k] = reach.get((m + 1, k), 0.0) + mass * (1.0 - p)
+                else:
+                    agreement += mass * step.correct
+                    verified += mass * (k > 0)
+        return attempts, agreement, verified
+
+    def _calibrate(self) -> tuple[float, dict[tuple[int, int], _Plan]]:
+        lo, hi = 0.0, 1.0
+        while self._expectations(self._solve(hi))[1] < self.confidence - 1e-9:
+            hi *= 2.0
+            if hi > 1e7:
+                best = self._expectations(self._solve(hi))[1]
+                raise ConfigError(
+                    f"confidence {self.confidence} is not reachable with max_attempts="
+                    f"{self.max_attempts} (best expected agreement {best:.3f})"
+                )
+        for _ in range(50):
+            mid = (lo + hi) / 2.0
+            if self._expectations(self._solve(mid))[1] >= self.confidence - 1e-9:
+                hi = mid
+            else:
+                lo = mid
+        return hi, self._solve(hi)
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    def decide(self, passes: Sequence[bool]) -> Decision:
+        m, k = _counts(passes, self.max_attempts)
+        step = self._plan[m, k]
+        probs = self._probs[m, k]
+        p_next = self._p_next[m, k]
+        numbers = dict(attempts=m, passes=k, p_next_pass=p_next, label_probs=_ordered(probs))
+        history = f"{k}/{m} passed"
+        if step.retry:
+            best = max(probs.values())
+            if k == 0:
+                priority = p_next
+                why = f"no pass yet ({history}): P(next passes)={p_next:.2f}, P(fail)={probs.get('fail', 0.0):.2f}"
+            else:
+                priority = self.LABEL_PRIORITY * (1.0 - best)
+                shown = ", ".join(f"{lb}={pr:.2f}" for lb, pr in _ordered(probs) if pr >= 0.005)
+                why = f"verified, label unsettled ({history}): {shown}"
+            return Decision(action="retry", priority=priority, reason=f"{why}; retry", label=None,
+                            confidence=best, **numbers)
+        if k == 0:
+            if m >= self.max_attempts:
+                why = f"no pass in {m} attempts (max_attempts reached)"
+            else:
+                reach = 1.0 - self.prior.future_passes(m, 0, self.max_attempts - m)[0]
+                why = (f"no pass in {m} attempts: P(any pass by attempt {self.max_attempts})={reach:.2f}, "
+                       f"P(next passes)={p_next:.2f}; another attempt is worth less than it costs")
+            return Decision(action="give_up", priority=0.0, reason=f"{why}; label fail (P={step.correct:.2f})",
+                            label="fail", confidence=step.correct, **numbers)
+        if m >= self.trials:
+            why = f"label {step.label} from {history} (the paper's rule on {m} trials)"
+        elif m >= self.max_attempts:
+            why = f"label {step.label} P={step.correct:.2f} ({history}, max_attempts reached)"
+        else:
+            why = (f"label {step.label} settled: P={step.correct:.2f} that {self.trials} trials agree "
+                   f"({history}); another attempt is worth less than it costs")
+        return Decision(action="stop", priority=0.0, reason=why, label=step.label,
+                        confidence=step.correct, **numbers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue of attempts
+
+T = TypeVar("T")
+
+
+class QueueStatistics(NamedTuple):
+    queued: int
+    waiting_getters: int
+    total_put: int
+    total_got: int
+    closed: bool
+
+
+class AttemptQueue(Generic[T]):
+    """Priority queue for the solver slots: highest priority first, FIFO among equal priorities.
+
+    Unbounded (the scheduler admits questions at its own pace). close() ends it: put raises
+    anyio.ClosedResourceError, get drains what is left, then raises anyio.EndOfStream, and
+    `async for` stops. Built on anyio.Event, so it runs on asyncio and trio.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+        self._getters: deque[anyio.Event] = deque()
+        self._closed = False
+        self._total_put = 0
+        self._total_got = 0
+
+    def put_nowait(self, priority: float, item: T) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if math.isnan(priority):
+            raise ValueError("priority must be a number, got NaN")
+        heapq.heappush(self._heap, (-priority, next(self._seq), item))
+        self._total_put += 1
+        self._wake_one()
+
+    async def put(self, priority: float, item: T) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self.put_nowait(priority, item)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    def get_nowait(self) -> T:
+        """Raises anyio.WouldBlock when empty, anyio.EndOfStream when closed and drained."""
+        if self._heap:
+            self._total_got += 1
+            return heapq.heappop(self._heap)[2]
+        if self._closed:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def get(self) -> T:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                item = self.get_nowait()
+            except anyio.WouldBlock:
+                pass
+            else:
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+                return item
+            event = anyio.Event()
+            self._getters.append(event)
+            try:
+                await event.wait()
+            except BaseException:
+                if event in self._getters:
+                    self._getters.remove(event)
+                else:
+                    self._wake_one()  # this getter was woken for an item; pass the wake-up on
+                raise
+
+    def close(self) -> None:
+        self._closed = True
+        while self._getters:
+            self._getters.popleft().set()
+
+    def qsize(self) -> int:
+        return len(self._heap)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def statistics(self) -> QueueStatistics:
+        return QueueStatistics(len(self._heap), len(self._getters), self._total_put,
+                               self._total_got, self._closed)
+
+    def _wake_one(self) -> None:
+        if self._getters:
+            self._getters.popleft().set()
+
+    def __aiter__(self) -> AttemptQueue[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.get()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets
+
+
+@dataclass(frozen=True)
+class BudgetSpent:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usd: float = 0.0
+    verified: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Budget:
+    """Run limits: a target of verified triplets and caps on LLM calls, tokens and dollars.
+
+    prices maps a model name to (USD per 1M input tokens, USD per 1M output tokens). A dollar cap
+    needs a price for every model charged. Limits are checked by the caller between calls
+    (exhausted() / check()); calls already in flight when a limit trips still get charged, so a cap
+    can be overshot by at most the calls in flight.
+    """
+
+    def __init__(
+        self,
+        calls: int | None = None,
+        tokens: int | None = None,
+        usd: float | None = None,
+        prices: Mapping[str, tuple[float, float]] | None = None,
+        *,
+        target_verified: int | None = None,
+        spent: "BudgetSpent | None" = None,
+    ) -> None:
+        for name, limit in (("calls", calls), ("tokens", tokens), ("usd", usd),
+                            ("target_verified", target_verified)):
+            if limit is not None and limit < 0:
+                raise ConfigError(f"budget {name} must be >= 0, got {limit}")
+        self.calls, self.tokens, self.usd, self.target_verified = calls, tokens, usd, target_verified
+        self.prices: dict[str, tuple[float, float]] = {}
+        for model, price in (prices or {}).items():
+            if len(price) != 2 or min(price) < 0:
+                raise ConfigError(f"price for {model} must be (usd_per_1M_input, usd_per_1M_output) >= 0")
+            self.prices[model] = (float(price[0]), float(price[1]))
+        # What earlier runs on the same store already spent counts against the same limits.
+        self._spent = spent or BudgetSpent()
+
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        try:
+            per_in, per_out = self.prices[model]
+        except KeyError:
+            raise ConfigError(f"no price for model {model!r}; add it to the budget prices") from None
+        return (prompt_tokens * per_in + completion_tokens * per_out) / 1_000_000
+
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Record one finished LLM call."""
+        if prompt_tokens < 0 or completion_tokens < 0:
+            raise ValueError(f"token counts must be >= 0, got {prompt_tokens}, {completion_tokens}")
+        if model in self.prices or self.usd is not None:
+            cost = self.cost_usd(model, prompt_tokens, completion_tokens)
+        else:
+            cost = 0.0
+        s = self._spent
+        self._spent = BudgetSpent(s.calls + 1, s.prompt_tokens + prompt_tokens,
+                                  s.completion_tokens + completion_tokens, s.usd + cost, s.verified)
+
+    def record_verified(self, count: int = 1) -> None:
+        s = self._spent
+        self._spent = BudgetSpent(s.calls, s.prompt_tokens, s.completion_tokens, s.usd, s.verified + count)
+
+    @property
+    def spent(self) -> BudgetSpent:
+        return self._spent
+
+    def exhausted(self) -> str | None:
+        """Which limit is reached, as a one-line message, or None while the run may go on."""
+        s = self._spent
+        if self.target_verified is not None and s.verified >= self.target_verified:
+            return f"target-verified reached: {s.verified} of {self.target_verified}"
+        if self.calls is not None and s.calls >= self.calls:
+            return f"budget-calls reached: {s.calls} of {self.calls}"
+        if self.tokens is not None and s.tokens >= self.tokens:
+            return f"budget-tokens reached: {s.tokens} of {self.tokens}"
+        if self.usd is not None and s.usd >= self.usd:
+            return f"budget-usd reached: ${s.usd:.4f} of ${self.usd:.2f}"
+        return None
+
+    def check(self) -> None:
+        """Raise BudgetExhausted with the message of the first limit reached."""
+        if (message := self.exhausted()) is not None:
+            raise BudgetExhausted(message)

@@ -1,0 +1,306 @@
+"""The SQLite store: the run's only copy of paid-for work.
+
+One aiosqlite connection, WAL journal, a schema version with forward-only migrations. Writes are
+grouped: callers hand over their statements and wait until a commit containing them is done, and
+while one transaction commits the next batch fills up (leader/follower group commit). So every state
+change is durable before its message moves on, yet 64 concurrent workers cost a handful of commits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import anyio
+
+from kodcode.errors import SchemaError, StoreError
+
+__all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps"]
+
+SCHEMA_VERSION = 1
+
+Op = tuple[str, Sequence[Any]]
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE runs(
+        run_id TEXT PRIMARY KEY, started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,
+        config TEXT NOT NULL, summary TEXT);
+    CREATE TABLE items(
+        item_id TEXT PRIMARY KEY,
+        seq INTEGER UNIQUE NOT NULL,
+        source TEXT NOT NULL,
+        subset TEXT NOT NULL,
+        state TEXT NOT NULL,
+        question TEXT,
+        seed_ids TEXT,
+        lineage TEXT,
+        entry_point TEXT,
+        difficulty TEXT,
+        pass_sequence TEXT,
+        chosen_attempt INTEGER,
+        reason TEXT,
+        run_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL);
+    CREATE INDEX items_state ON items(state);
+    CREATE TABLE attempts(
+        item_id TEXT NOT NULL REFERENCES items(item_id),
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        solution TEXT,
+        tests TEXT,
+        entry_point TEXT,
+        passed INTEGER,
+        reason TEXT,
+        test_results TEXT,
+        coverage REAL,
+        lineage TEXT NOT NULL DEFAULT '{}',
+        duration_s REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY(item_id, attempt));
+    CREATE TABLE llm_calls(
+        request_hash TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        model TEXT NOT NULL,
+        template TEXT,
+        template_hash TEXT,
+        item_id TEXT,
+        attempt INTEGER,
+        request TEXT NOT NULL,
+        response TEXT NOT NULL,
+        finish_reasons TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        latency_s REAL NOT NULL,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        run_id TEXT,
+        created_at REAL NOT NULL);
+    CREATE INDEX llm_calls_item ON llm_calls(item_id);
+    CREATE TABLE rewrites(
+        item_id TEXT NOT NULL REFERENCES items(item_id),
+        style TEXT NOT NULL,
+        state TEXT NOT NULL,
+        question TEXT,
+        passed INTEGER,
+        reason TEXT,
+        lineage TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY(item_id, style));
+    CREATE TABLE decisions(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        item_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        label TEXT,
+        priority REAL,
+        confidence REAL,
+        reason TEXT NOT NULL,
+        run_id TEXT,
+        created_at REAL NOT NULL);
+    CREATE INDEX decisions_item ON decisions(item_id);
+    CREATE TABLE dedup_index(
+        item_id TEXT PRIMARY KEY,
+        exact_hash TEXT NOT NULL,
+        minhash BLOB);
+    """,
+}
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+@dataclass
+class _Batch:
+    ops: list[Op] = field(default_factory=list)
+    led: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+class Store:
+    """Async access to one store file. Create with `await Store.open(path)`; close with `aclose()`."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: str, lock_fd: int | None) -> None:
+        self._conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+        self._batch = _Batch()
+        self._commit_lock = anyio.Lock()
+        self.commits = 0
+        self.ops_committed = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "NORMAL") -> "Store":
+        """Open (creating or migrating) the store. `path=":memory:"` keeps nothing on disk."""
+        path = str(path)
+        lock_fd = None
+        if path != ":memory:":
+            db_path = Path(path)
+            try:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store's directory {db_path.parent}: {exc.strerror}") from None
+            lock_fd = _lock_exclusively(db_path)
+        try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            _unlock(lock_fd)
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        store = cls(conn, path, lock_fd)
+        try:
+            await store._setup(synchronous)
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    async def _setup(self, synchronous: str) -> None:
+        try:
+            await self._conn.execute("PRAGMA busy_timeout=5000")
+            if self.path != ":memory:":
+                await self._conn.execute("PRAGMA journal_mode=WAL")
+            await self._conn.execute(f"PRAGMA synchronous={synchronous}")
+            await self._conn.execute("PRAGMA foreign_keys=ON")
+            await self._conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            version = int(await self.scalar("SELECT value FROM meta WHERE key='schema_version'") or 0)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self.path} cannot be used: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"store {self.path} has schema version {version}, this kodcode knows up to {SCHEMA_VERSION}: "
+                "upgrade kodcode (pip install -U kodcode) or use another --db"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                await self._run_script(_MIGRATIONS[target])
+                await self._conn.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(target),))
+                await self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                await self._rollback()
+                raise StoreError(f"store {self.path}: migration to schema {target} failed: {exc}") from None
+
+    async def _run_script(self, script: str) -> None:
+        # executescript() would COMMIT first; run the statements one by one inside our transaction.
+        for statement in script.split(";"):
+            if statement.strip():
+                await self._conn.execute(statement)
+
+    async def aclose(self) -> None:
+        try:
+            await self._conn.close()
+        finally:
+            _unlock(self._lock_fd)
+            self._lock_fd = None
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- writing: group commit -----------------------------------------------------------------------
+
+    async def write(self, ops: Iterable[Op]) -> None:
+        """Run `ops` in a transaction with whatever else is pending; return once committed."""
+        batch = self._batch
+        batch.ops.extend(ops)
+        if batch.led:
+            await batch.done.wait()
+        else:
+            batch.led = True
+            async with self._commit_lock:
+                # Everything that arrived while the previous commit ran is in this batch now.
+                self._batch = _Batch()
+                try:
+                    # Shielded: a cancelled run must not leave a transaction half-applied or open.
+                    with anyio.CancelScope(shield=True):
+                        await self._commit(batch.ops)
+                except BaseException as exc:
+                    batch.error = exc
+                    raise
+                finally:
+                    batch.done.set()
+        if batch.error is not None:
+            raise StoreError(f"store {self.path}: write failed: {batch.error}") from batch.error
+
+    async def _commit(self, ops: list[Op]) -> None:
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            for sql, params in ops:
+                await self._conn.execute(sql, params)
+            await self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await self._rollback()
+            raise StoreError(f"store {self.path}: {exc}") from None
+        self.commits += 1
+        self.ops_committed += len(ops)
+
+    async def _rollback(self) -> None:
+        try:
+            await self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            self._conn.row_factory = sqlite3.Row
+            async with self._conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: {exc}") from None
+
+    async def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        found = await self.rows(sql, params)
+        return found[0][0] if found else None
+
+    async def integrity_check(self) -> str:
+        return str(await self.scalar("PRAGMA integrity_check"))
+
+
+def now() -> float:
+    return time.time()
+
+
+def _lock_exclusively(db_path: Path) -> int:
+    """One run per store: a second writer would duplicate work and double-pay calls."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot use store {db_path}: {exc.strerror} ({lock_path})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StoreError(f"store {db_path} is in use by another kodcode run (pid {holder}); wait for it or use another --db") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -1,0 +1,28 @@
+"""Running untrusted solution + pytest pairs: isolated (bubblewrap), fast (warm fork servers), and judged on the trusted side."""
+
+from __future__ import annotations
+
+from kodcode.sandbox.base import Limits, Sandbox, TestOutcome, Verdict
+from kodcode.sandbox.bwrap import bwrap_available, bwrap_unavailable_reason
+from kodcode.sandbox.forkserver import ForkServerSandbox
+
+__all__ = [
+    "ForkServerSandbox",
+    "Limits",
+    "Sandbox",
+    "TestOutcome",
+    "Verdict",
+    "bwrap_available",
+    "bwrap_unavailable_reason",
+    "open_sandbox",
+]
+
+
+def open_sandbox(*, workers: int | None = None, isolation: bool = True, limits: Limits | None = None,
+                 recycle_after: int = 500) -> ForkServerSandbox:
+    """A pool of `workers` fork servers (default: one per CPU); use as `async with open_sandbox() as sb:`.
+
+    Raises SandboxError when bubblewrap cannot run here, unless `isolation=False` is passed explicitly
+    (then untrusted code runs unisolated and a warning is logged).
+    """
+    return ForkServerSandbox(workers=workers, isolation=isolation, limits=limits, recycle_after=recycle_after)

@@ -1,0 +1,370 @@
+"""The fork server that runs inside the sandbox (stdlib + pytest + coverage only; no kodcode imports).
+
+The host starts it as `python -I -c <this source> <uid> <gid> <scratch dir> <isolated 0|1>`. It pre-imports pytest and coverage,
+drops to an unprivileged uid when started as root, then reads one JSON request per line on stdin
+and answers one JSON line on stdout. Each task runs in a freshly forked child in a fresh directory;
+everything the child leaves behind (processes, files in /tmp and /dev/shm) is destroyed afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+
+__all__ = ["main"]
+
+SCRATCH_DIRS: list[str] = []
+ISOLATED = False
+REPORT_CAP = 4 << 20
+PR_SET_DUMPABLE = 4
+
+
+def preimport() -> None:
+    # Everything imported here is shared copy-on-write by every task's child.
+    import collections, dataclasses, datetime, decimal, fractions, functools, heapq  # noqa: F401,E401
+    import itertools, json, math, random, re, string, typing, bisect, statistics  # noqa: F401,E401
+    import coverage  # noqa: F401
+    import pytest  # noqa: F401
+    import _pytest.config
+
+    names = [f"_pytest.{name}" for name in _pytest.config.default_plugins]
+    for name in [*names, "_pytest.assertion.rewrite", "_pytest.assertion.util", "_pytest.raises",
+                 "_pytest.approx", "coverage.control", "coverage.collector"]:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    if os.getuid() == 0 and uid != 0:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    # A non-dumpable server cannot be ptraced, nor its /proc/<pid>/fd opened, by its children.
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+class Recorder:
+    """A pytest plugin recording each test's phases from the hook calls themselves (not from reports)."""
+
+    def __init__(self, fd: int, nonce: str, per_test_s: float) -> None:
+        self.fd = fd
+        self.nonce = nonce
+        self.per_test_s = per_test_s
+        self.phases: dict[str, str | None] = {}
+
+    def emit(self, record: dict) -> None:
+        record["nonce"] = self.nonce
+        data = (json.dumps(record) + "\n").encode()
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def _phase(self, name: str):
+        import pytest
+
+        @pytest.hookimpl(wrapper=True, tryfirst=True)
+        def hook(item):
+            try:
+                result = yield
+            except BaseException as exc:
+                self.phases[name] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                raise
+            self.phases[name] = None
+            return result
+
+        return hook
+
+    def pytest_configure(self, config) -> None:
+        import pytest
+
+        plugin = self
+
+        class Phases:
+            pytest_runtest_setup = plugin._phase("setup")
+            pytest_runtest_teardown = plugin._phase("teardown")
+
+            @pytest.hookimpl(wrapper=True, tryfirst=True)
+            def pytest_runtest_call(self, item):
+                signal.setitimer(signal.ITIMER_REAL, plugin.per_test_s)
+                try:
+                    result = yield
+                except BaseException as exc:
+                    plugin.phases["call"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                    raise
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                plugin.phases["call"] = None
+                return result
+
+            @pytest.hookimpl(wrapper=True, tryfirst=True)
+            def pytest_runtest_protocol(self, item, nextitem):
+                plugin.phases = {}
+                try:
+                    return (yield)
+                finally:
+                    plugin.report_item(item)
+
+            def pytest_collectreport(self, report):
+                if report.failed:
+                    text = str(report.longrepr).strip().splitlines()
+                    plugin.emit({"t": "collect_error", "msg": "\n".join(text[-5:])[-600:]})
+
+        config.pluginmanager.register(Phases(), "kodcode-phases")
+
+    def report_item(self, item) -> None:
+        phases = self.phases
+        if "call" not in phases:
+            outcome, message = "error", phases.get("setup") or "test did not run"
+        elif phases.get("setup") or phases.get("teardown"):
+            outcome, message = "error", phases.get("setup") or phases.get("teardown")
+        elif phases["call"]:
+            outcome, message = "failed", phases["call"]
+        else:
+            outcome, message = "passed", ""
+        cls = item.cls.__name__ if getattr(item, "cls", None) is not None else None
+        func = getattr(item, "originalname", None) or item.name
+        self.emit({
+            "t": "test", "name": item.name, "func": f"{cls}::{func}" if cls else func,
+            "item": f"{cls}::{item.name}" if cls else item.name, "outcome": outcome, "msg": message or "",
+        })
+
+
+class PerTestTimeout(Exception):
+    pass
+
+
+def on_alarm(signum, frame):
+    raise PerTestTimeout("per-test timeout")
+
+
+def child_main(req: dict, report_fd: int, out_fd: int) -> None:
+    limits = req["limits"]
+    os.setsid()
+    mb = 1 << 20
+    for res, value in (
+        (resource.RLIMIT_CPU, int(limits["cpu_s"])),
+        (resource.RLIMIT_AS, int(limits["memory_mb"]) * mb),
+        (resource.RLIMIT_FSIZE, int(limits["fsize_mb"]) * mb),
+        (resource.RLIMIT_NOFILE, int(limits["nofile"])),
+        (resource.RLIMIT_NPROC, int(limits["nproc"])),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        hard = value + 1 if res == resource.RLIMIT_CPU else value
+        resource.setrlimit(res, (value, hard))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    workdir = f"{SCRATCH_DIRS[0]}/task-{req['id']}"
+    os.mkdir(workdir, 0o700)
+    os.chdir(workdir)
+    for name, text in (("solution.py", req["solution"]), ("test_solution.py", req["tests"]),
+                       ("pytest.ini", "[pytest]\n")):
+        with open(name, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out_fd, 1)
+    os.dup2(out_fd, 2)
+    os.dup2(report_fd, 3)
+    os.closerange(4, 1 << 16)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = sys.stdout
+    sys.stdin = open(0, encoding="utf-8", closefd=False)
+    sys.dont_write_bytecode = True
+
+    import coverage
+    import pytest
+
+    recorder = Recorder(3, req["nonce"], float(limits["per_test_s"]))
+    cov = coverage.Coverage(data_file=None, include=[f"{workdir}/solution.py"], config_file=False)
+    cov.start()
+    try:
+        exit_code = pytest.main(
+            [f"{workdir}/test_solution.py", "-q", "-p", "no:cacheprovider", "--rootdir", workdir,
+             "-c", f"{workdir}/pytest.ini", "--no-header", "-W", "ignore::pytest.PytestWarning"],
+            plugins=[recorder],
+        )
+    finally:
+        cov.stop()
+    percent = None
+    try:
+        _, statements, _, missing, _ = cov.analysis2(f"{workdir}/solution.py")
+        percent = 100.0 * (len(statements) - len(missing)) / len(statements) if statements else 100.0
+    except Exception:
+        pass
+    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": percent})
+    sys.stdout.flush()
+
+
+def wipe_scratch() -> None:
+    def allow(func, path, exc_info):
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+
+    for base in SCRATCH_DIRS:
+        try:
+            entries = os.listdir(base)
+        except OSError:
+            continue
+        for entry in entries:
+            path = os.path.join(base, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, onerror=allow)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def kill_everything_else() -> None:
+    if not ISOLATED:
+        return  # outside a pid namespace kill(-1) would reach the host's processes
+    # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1.
+    for _ in range(3):
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.002)
+
+
+def count_survivors() -> int:
+    """Processes left in the sandbox besides its init and this server (always 0 when healthy)."""
+    if not ISOLATED:
+        return 0
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in (1, me):
+            try:
+                st = open(f"/proc/{entry}/status").read().splitlines()
+                out.append(" ".join(l for l in st if l.startswith(("State", "Uid", "PPid", "SigBlk", "SigIgn"))))
+            except OSError as e:
+                out.append(str(e))
+    sys.stderr.write(repr(out) + "\n"); sys.stderr.flush()
+    return len(out)
+
+
+def run_task(req: dict) -> dict:
+    limits = req["limits"]
+    report_r, report_w = os.pipe()
+    out_r, out_w = os.pipe()
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(report_r)
+            os.close(out_r)
+            child_main(req, report_w, out_w)
+            os._exit(0)
+        except BaseException:
+            os._exit(70)
+        finally:
+            os._exit(71)
+    os.close(report_w)
+    os.close(out_w)
+    pidfd = os.pidfd_open(pid)
+    report = bytearray()
+    output = bytearray()
+    out_cap = int(limits["output_bytes"])
+    deadline = started + float(limits["wall_s"])
+    open_fds = {report_r, out_r}
+    timed_out = False
+
+    def pump(fd: int) -> None:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            open_fds.discard(fd)
+            return
+        if fd == report_r:
+            if len(report) < REPORT_CAP:
+                report.extend(chunk)
+        else:
+            output.extend(chunk)
+            if len(output) > out_cap:
+                del output[: len(output) - out_cap]
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([pidfd, *open_fds], [], [], remaining)
+        for fd in ready:
+            if fd != pidfd:
+                pump(fd)
+        if pidfd in ready:
+            break
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    kill_everything_else()
+    _, status = os.waitpid(pid, 0)
+    elapsed = time.monotonic() - started
+    # Every writer is dead now, so the pipes end in EOF.
+    for fd in list(open_fds):
+        while fd in open_fds:
+            pump(fd)
+    for fd in (report_r, out_r, pidfd):
+        os.close(fd)
+    wipe_scratch()
+    survivors = count_survivors()
+    return {
+        "id": req["id"],
+        "timed_out": timed_out,
+        "exit_code": os.waitstatus_to_exitcode(status),
+        "report": report.decode("utf-8", "replace"),
+        "report_truncated": len(report) >= REPORT_CAP,
+        "output_tail": output[-4096:].decode("utf-8", "replace"),
+        "duration_s": elapsed,
+        "survivors": survivors,
+    }
+
+
+def main() -> None:
+    global ISOLATED
+    uid, gid = int(sys.argv[1]), int(sys.argv[2])
+    SCRATCH_DIRS.append(sys.argv[3])
+    ISOLATED = sys.argv[4] == "1"
+    if ISOLATED:
+        SCRATCH_DIRS.append("/dev/shm")
+    preimport()
+    drop_privileges(uid, gid)
+    os.environ.pop("PYTEST_ADDOPTS", None)
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    wipe_scratch()
+    requests = sys.stdin.buffer
+    answers = sys.stdout.buffer
+    answers.write(json.dumps({"ready": True, "uid": os.getuid()}).encode() + b"\n")
+    answers.flush()
+    for line in requests:
+        req = json.loads(line)
+        answers.write(json.dumps(run_task(req)).encode() + b"\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    main()

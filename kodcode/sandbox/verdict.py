@@ -1,0 +1,102 @@
+"""Turning what the fork server observed into a Verdict, on the trusted side."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+
+from kodcode.sandbox.base import TestOutcome, Verdict
+
+__all__ = ["decide"]
+
+_MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
+_MAX_LISTED = 5
+
+
+def _parse_records(report: str, nonce: str) -> list[dict]:
+    records = []
+    for line in report.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("nonce") == nonce:
+            records.append(record)
+    return records
+
+
+def _failure_reason(bad: list[TestOutcome]) -> str:
+    messages = " ".join(t.message for t in bad)
+    if "MemoryError" in messages:
+        return "memory"
+    if all("PerTestTimeout" in t.message for t in bad):
+        return "timeout"
+    missing = _MISSING_MODULE.search(messages)
+    if missing and all("ModuleNotFoundError" in t.message for t in bad):
+        return f"missing module: {missing.group(1).split('.')[0]}"
+    names = list(dict.fromkeys(t.name.split("[")[0] for t in bad))
+    listed = ", ".join(names[:_MAX_LISTED]) + (", ..." if len(names) > _MAX_LISTED else "")
+    return f"failed: {listed}"
+
+
+def _crash_reason(exit_code: int) -> str:
+    if exit_code == -signal.SIGXCPU:
+        return "timeout"
+    return "crashed"
+
+
+def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
+    """Pass only if every expected test ran and passed, the sentinel arrived and the child exited cleanly."""
+    records = _parse_records(answer.get("report", ""), nonce)
+    tail = answer.get("output_tail", "")
+    duration = float(answer.get("duration_s", 0.0))
+    ends = [r for r in records if r.get("t") == "end"]
+    ran = [r for r in records if r.get("t") == "test"]
+    outcomes: list[TestOutcome] = [
+        TestOutcome(name=str(r.get("item", r.get("name", "?"))), outcome=str(r.get("outcome", "error")),
+                    message=str(r.get("msg", ""))[:300])
+        for r in ran
+    ]
+    by_func: dict[str, list[str]] = {}
+    for r in ran:
+        by_func.setdefault(str(r.get("func")), []).append(str(r.get("outcome")))
+    for name in expected:
+        if name not in by_func:
+            outcomes.append(TestOutcome(name=name, outcome="missing"))
+    coverage = ends[-1].get("coverage") if ends else None
+    coverage = float(coverage) if isinstance(coverage, (int, float)) else None
+
+    def verdict(passed: bool, reason: str | None) -> Verdict:
+        return Verdict(passed=passed, reason=reason, tests=tuple(outcomes), coverage=coverage,
+                       duration_s=duration, output_tail=tail,
+                       extra={"survivors": int(answer.get("survivors", 0))})
+
+    if answer.get("timed_out"):
+        return verdict(False, "timeout")
+    collect_errors = [str(r.get("msg", "")) for r in records if r.get("t") == "collect_error"]
+    if collect_errors:
+        text = collect_errors[0]
+        missing = _MISSING_MODULE.search(text)
+        if missing and "ModuleNotFoundError" in text:
+            return verdict(False, f"missing module: {missing.group(1).split('.')[0]}")
+        if "MemoryError" in text:
+            return verdict(False, "memory")
+        last = (text.strip().splitlines() or ["unknown"])[-1].strip()
+        return verdict(False, f"collection error: {last[:200]}")
+    exit_code = int(answer.get("exit_code", -1))
+    bad = [t for t in outcomes if t.outcome not in ("passed", "missing")]
+    if bad:
+        return verdict(False, _failure_reason(bad))
+    if exit_code != 0:
+        return verdict(False, _crash_reason(exit_code))
+    if not ends or answer.get("report_truncated"):
+        return verdict(False, "crashed")
+    if not ran:
+        return verdict(False, "no tests")
+    missing = [t for t in outcomes if t.outcome == "missing"]
+    if missing:
+        return verdict(False, "missing tests: " + ", ".join(t.name for t in missing[:_MAX_LISTED]))
+    if ends[-1].get("exit") != 0:
+        return verdict(False, f"pytest exit status {ends[-1].get('exit')}")
+    return verdict(True, None)

