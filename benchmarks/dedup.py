@@ -13,6 +13,7 @@ Jaccard passes the threshold) and LSH/estimate errors.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
@@ -78,6 +79,20 @@ SYNONYMS = {
 }
 
 
+COMPONENTS = ["service", "dashboard", "command-line tool", "data pipeline", "game", "report generator", "library",
+              "REST API", "mobile app", "batch job", "plugin", "simulation", "notebook", "microservice", "scheduler"]
+VARS = ["nums", "arr", "values", "items", "data", "records", "words", "text", "grid", "matrix", "edges", "target",
+        "limit", "k", "n", "threshold", "window", "prices", "scores", "names", "queries", "events", "tokens", "pairs"]
+TYPES = ["list[int]", "list[str]", "str", "int", "float", "dict[str, int]", "list[list[int]]", "tuple[int, int]",
+         "list[float]", "set[str]", "list[tuple[str, int]]", "bytes"]
+
+
+def _context(rng: random.Random) -> str:
+    first, second = rng.sample(VARS, 2)
+    return (f"It is part of a {rng.choice(DOMAINS)} {rng.choice(COMPONENTS)}. The function receives "
+            f"`{first}` ({rng.choice(TYPES)}) and `{second}` ({rng.choice(TYPES)}).")
+
+
 def _example(rng: random.Random) -> str:
     nums = ", ".join(str(rng.randint(-99, 999)) for _ in range(rng.randint(3, 7)))
     return f"For example, given [{nums}] the function should return {rng.randint(-50, 500)}."
@@ -107,6 +122,8 @@ def _question(rng: random.Random) -> str:
         core = (f"{opener} named `{_name(rng)}` that {rng.choice(DOMAIN_TASKS)} in {rng.choice(CONTAINERS)} "
                 f"of {rng.choice(PROPS)} {rng.choice(ELEMS)}.")
     parts = [core]
+    if rng.random() < 0.8:
+        parts.append(_context(rng))
     for template in rng.sample(CONSTRAINTS, rng.randint(1, 3)):
         parts.append(template.format(n=rng.choice([10, 100, 1000, 10**5, 10**6]), k=rng.randint(1, 9),
                                      empty=rng.choice(["0", "None", "an empty list", "-1"])))
@@ -173,6 +190,7 @@ def _true_jaccard(a: str, b: str, sizes: tuple[int, ...]) -> float:
 @dataclass
 class RunResult:
     seconds: float
+    cpu_seconds: float  # this process's CPU time: wall time overstates it when the cores are shared
     flagged: int
     true_positive: int
     collisions: int  # false positives whose real Jaccard passes: real near-duplicates in the data
@@ -183,9 +201,9 @@ def run(corpus: Corpus, config: DedupConfig) -> RunResult:
     texts = dict(corpus.items)
     index = DedupIndex(config)
     flagged = true_positive = collisions = exact = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     matches = [(item_id, index.check_and_add(item_id, text)) for item_id, text in corpus.items]
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     # Keep-first sends every rejected item to the kept representative of its group; if an
     # original was itself rejected (the generator made it twice by chance), its copy is right
     # to match that representative.
@@ -202,7 +220,7 @@ def run(corpus: Corpus, config: DedupConfig) -> RunResult:
             true_positive += 1
         elif _true_jaccard(texts[item_id], texts[match.other_item_id], config.ngram_sizes) >= config.threshold:
             collisions += 1
-    return RunResult(seconds, flagged, true_positive, collisions, exact)
+    return RunResult(seconds, cpu_seconds, flagged, true_positive, collisions, exact)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     rss_before = _maxrss_mib()
     result = run(corpus, default)
     _report("default " + _label(default), default, result, args.planted)
-    print(f"  time {result.seconds:.1f}s ({args.n / result.seconds:,.0f} questions/s); process max RSS "
+    print(f"  wall {result.seconds:.1f}s, CPU {result.cpu_seconds:.1f}s ({args.n / result.cpu_seconds:,.0f} questions "
+          f"per CPU-second; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); process max RSS "
           f"{_maxrss_mib():.0f} MiB ({rss_before:.0f} MiB before indexing: interpreter + corpus)")
 
     if args.compare_n:
@@ -246,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             DedupConfig(num_perm=256),
         ):
             res = run(small, config)
-            baseline = baseline or res.seconds
-            _report(_label(config), config, res, planted_small, time_ratio=res.seconds / baseline)
+            baseline = baseline or res.cpu_seconds
+            _report(_label(config), config, res, planted_small, time_ratio=res.cpu_seconds / baseline)
     return 0
 
 
@@ -265,7 +284,7 @@ def _report(label: str, config: DedupConfig, res: RunResult, planted: int, time_
     recall = res.true_positive / planted if planted else 1.0
     # Collisions are real near-duplicates the generator made by chance: right to flag.
     precision_real = (res.true_positive + res.collisions) / res.flagged if res.flagged else 1.0
-    timing = f" time x{time_ratio:.2f} ({res.seconds:.1f}s)" if time_ratio is not None else ""
+    timing = f" CPU x{time_ratio:.2f} ({res.cpu_seconds:.1f}s)" if time_ratio is not None else ""
     print(f"{label:<40} flagged {res.flagged:>6} (exact {res.exact:>5}) recall {recall:.3f} "
           f"precision {precision:.3f} (counting real chance near-dups: {precision_real:.3f}){timing}")
 

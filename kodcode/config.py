@@ -129,12 +129,17 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission, ...
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     for key, value in overrides.items():
         if value is None:
             continue
         if "." in key:
             section, sub = key.split(".", 1)
-            data.setdefault(section, {})[sub] = value
+            table = data.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"config key {section!r} must be a table to set {key!r}")
+            table[sub] = value
         else:
             data[key] = value
     try:

@@ -78,7 +78,8 @@ def extract_code(text: str) -> str:
     try:
         ast.parse(code)
     except SyntaxError as exc:
-        raise ParseFailure(f"syntax error in code: line {exc.lineno}: {exc.msg}") from None
+        where = f"line {exc.lineno}: " if exc.lineno else ""  # NUL bytes are a SyntaxError without a line
+        raise ParseFailure(f"syntax error in code: {where}{exc.msg}") from None
     except ValueError as exc:  # e.g. NUL bytes
         raise ParseFailure(f"unparseable code: {exc}") from None
     return code + "\n"
@@ -140,10 +141,11 @@ def clean_question(text: str, *, min_chars: int = 15) -> str:
     # A following "[Question N+2]" means the model went on inventing questions: keep only the first.
     question = re.split(r"\n\s*\[Question \d+\]", question)[0]
     question = question.strip().strip('"').strip()
-    if len(question) < min_chars:
-        raise ParseFailure(f"question too short ({len(question)} chars)")
+    # Checked before the length: a bare "BAD_DOCUMENT" is short too, but the reason must say what the model meant.
     if "BAD_DOCUMENT" in question:
         raise ParseFailure("model marked the document unusable (BAD_DOCUMENT)")
+    if len(question) < min_chars:
+        raise ParseFailure(f"question too short ({len(question)} chars)")
     return question
 
 
@@ -217,17 +219,17 @@ def function_signature(function: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
 
 
 def test_info(solution: str) -> list[TestInfo] | None:
-    """KodCode's `test_info`: one entry per top-level function; None for class-based solutions, as the
-    reference pipeline does."""
+    """KodCode's `test_info`: one entry per top-level function; None when the solution contains a class,
+    as the reference pipeline does. Declarations keep their colon, as in KodCode's rows ("def f(x):")."""
     tree = ast.parse(solution)
-    if any(isinstance(node, ast.ClassDef) for node in tree.body):
+    if any(isinstance(node, ast.ClassDef) for node in ast.walk(tree)):
         return None
     infos = []
     for function in _top_level_functions(solution):
         infos.append(TestInfo(
             function_name=function.name,
             parameter_list=f"({ast.unparse(function.args)})",
-            function_declaration=function_signature(function).removesuffix(":"),
+            function_declaration=function_signature(function),
             docstring=ast.get_docstring(function),
         ))
     return infos

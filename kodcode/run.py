@@ -165,7 +165,11 @@ async def _run(config: Config, db_path: Path) -> RunSummary:
         log.info("run_started", db=str(db_path), target=config.target, concurrency=config.concurrency,
                  mode=config.effective_mode, models=models, base_url=base_url)
         ctx = AgentContext(config, llm, records, sandbox, prompts, models, log)
-        pipeline = Pipeline(ctx, policy=AdaptivePolicy(max_attempts=config.max_attempts), sources=sources, gate=gate)
+        policy = AdaptivePolicy(max_attempts=config.max_attempts, cap_confidence=True)
+        if policy.confidence < 0.95:
+            log.warning("label_confidence_capped", max_attempts=config.max_attempts,
+                        expected_label_agreement=round(policy.confidence, 3))
+        pipeline = Pipeline(ctx, policy=policy, sources=sources, gate=gate)
 
         async def tick() -> None:
             stats = pipeline.statistics()

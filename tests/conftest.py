@@ -23,3 +23,28 @@ def scripted_server() -> Iterator[Callable[..., ScriptedOpenAIServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+# -- kodcode runs ---------------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from fake_coder import FakeCoder  # noqa: E402
+
+
+@pytest.fixture
+def fake_coder_server(scripted_server: Callable[..., ScriptedOpenAIServer]) -> Callable[..., tuple[FakeCoder, ScriptedOpenAIServer]]:
+    """A factory: fake_coder_server(server={...}, **FakeCoder options) -> (coder, started server)."""
+
+    def start(server: dict[str, Any] | None = None, **coder_options: Any) -> tuple[FakeCoder, ScriptedOpenAIServer]:
+        coder = FakeCoder(**coder_options)
+        return coder, scripted_server(coder, **(server or {}))
+
+    return start
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "run"
+    path.mkdir()
+    return path

@@ -537,8 +537,7 @@ async def test_real_server_answers_chat_and_raw_completions(real_server_availabl
             chat = await client.chat.completions.create(
                 model=endpoint.model,
                 messages=[{"role": "user", "content": "Write a Python function add(a, b) that returns a + b."}],
-                max_tokens=80,
-                **embedded.CODE_SAMPLING.as_request_kwargs() | {"max_tokens": 80},
+                **embedded.CODE_SAMPLING.as_request_kwargs() | {"max_tokens": 120},
             )
             raw = await client.completions.create(
                 model=endpoint.model, prompt="def add(a, b):\n    return", max_tokens=8, temperature=0

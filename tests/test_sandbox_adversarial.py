@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import textwrap
@@ -32,7 +33,7 @@ class Case:
     name: str
     solution: str
     tests: str
-    reason: str | None = ""     # expected reason prefix; "" = any failing reason; None = any verdict
+    reason: str | tuple[str, ...] | None = ""  # expected reason prefix(es); "" = any failure; None = any verdict
 
 
 def t(body: str, header: str = "import os, sys, time\nfrom solution import add\n") -> str:
@@ -72,7 +73,7 @@ def cases(host_dir: str, tcp_port: int, udp_port: int, unix_path: str) -> list[C
             th.join()
             """), "timeout"),
         Case("memory_blowup", GOOD_SOLUTION, t("blob = bytearray(8 << 30)\nassert blob"), "memory"),
-        Case("memory_blowup_gradual", GOOD_SOLUTION, t("keep = []\nwhile True:\n    keep.append(bytearray(64 << 20))"), "memory"),
+        Case("memory_blowup_gradual", GOOD_SOLUTION, t("keep = []\nwhile True:\n    keep.append(bytearray(64 << 20))"), ("memory", "timeout")),
         Case("deep_recursion", GOOD_SOLUTION, t("""
             sys.setrecursionlimit(10 ** 8)
             def down(n):
@@ -110,8 +111,8 @@ def cases(host_dir: str, tcp_port: int, udp_port: int, unix_path: str) -> list[C
         Case("udp", GOOD_SOLUTION, t(f"""
             import socket
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.sendto(b"hi", ("127.0.0.1", {udp_port}))
-            """), "failed"),
+            s.sendto(b"hi", ("127.0.0.1", {udp_port}))  # reaches only the sandbox's own loopback
+            """), None),
         Case("dns", GOOD_SOLUTION, t("import socket\nsocket.getaddrinfo('example.com', 80)"), "failed"),
         Case("unix_socket", GOOD_SOLUTION, t(f"""
             import socket
@@ -126,11 +127,13 @@ def cases(host_dir: str, tcp_port: int, udp_port: int, unix_path: str) -> list[C
                 except OSError:
                     pass
             print("FOUND", found)
-            assert {SECRET_VALUE!r} in found
+            import hashlib, re
+            digests = {{hashlib.sha256(part.encode()).hexdigest() for part in re.split(r"[\\0=\\n]", found)}}
+            assert {hashlib.sha256(SECRET_VALUE.encode()).hexdigest()!r} in digests
             """), "failed"),
         Case("read_ssh_and_harness", GOOD_SOLUTION, t(f"""
             seen = []
-            for path in ({HARNESS_FILE!r}, os.path.expanduser("~/.ssh"), "/root/.ssh", "/root"):
+            for path in ({HARNESS_FILE!r}, os.path.expanduser("~/.ssh"), "/root/.ssh", {str(Path(HARNESS_FILE).parents[1])!r}, "/home"):
                 try:
                     seen.append(os.listdir(path) if os.path.isdir(path) else open(path).read())
                 except OSError:

@@ -227,11 +227,11 @@ def _log_tail(log_path: Path, start_offset: int) -> str:
 
 def _exit_reason(returncode: int) -> str:
     if returncode == -signal.SIGILL:
-        return ("was killed by SIGILL: this llama-server build uses CPU instructions this machine lacks; "
-                f"build llama.cpp's llama-server for this CPU and set {SERVER_BINARY_ENV} to its path")
+        return ("was killed by SIGILL before it was ready: this llama-server build uses CPU instructions this "
+                f"machine lacks; build llama.cpp's llama-server for this CPU and set {SERVER_BINARY_ENV} to its path")
     if returncode < 0:
-        return f"was killed by signal {-returncode}"
-    return f"exited with code {returncode}"
+        return f"was killed by signal {-returncode} before it was ready"
+    return f"exited with code {returncode} before it was ready"
 
 
 class _PortTaken(Exception):
@@ -250,7 +250,7 @@ async def _wait_ready(
                 if "couldn't bind" in tail or "Address already in use" in tail:
                     raise _PortTaken()
                 raise EmbeddedModelError(
-                    f"llama-server {_exit_reason(returncode)} before it was ready (log {log_path}): {tail}"
+                    f"llama-server {_exit_reason(returncode)} (log {log_path}): {tail}"
                 )
             if time.monotonic() > deadline:
                 raise EmbeddedModelError(
@@ -327,6 +327,7 @@ async def embedded_server(
                 process = None
         else:
             raise EmbeddedModelError(f"llama-server could not bind a free port in {_PORT_ATTEMPTS} tries (log {log_path})")
+        assert process is not None  # the loop only breaks with a ready server
         yield EmbeddedEndpoint(
             base_url=f"http://127.0.0.1:{port}/v1", model=spec.alias, pid=process.pid, slots=slots, log_path=log_path
         )

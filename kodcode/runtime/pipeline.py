@@ -66,7 +66,9 @@ class Pipeline:
         self.sources = sources
         self.log = ctx.log
         concurrency = self.config.concurrency
-        self.max_open = max_open or max(2, 2 * concurrency)
+        # Enough open questions to keep every LLM slot busy while some wait on the sandbox; with
+        # concurrency 1 exactly one, which makes a run fully deterministic.
+        self.max_open = max_open or concurrency + concurrency // 2
         self._proposer = Proposer(ctx, gate)
         self._solver = Solver(ctx)
         self._tester = Tester(ctx)

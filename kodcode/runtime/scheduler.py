@@ -348,7 +348,10 @@ class AdaptivePolicy:
         *,
         triplet_value: float = 2.0,
         trials: int = PAPER_TRIALS,
+        cap_confidence: bool = False,
     ) -> None:
+        """cap_confidence: when `confidence` cannot be reached within max_attempts (e.g. a user's
+        --max-attempts 3), aim for the best reachable agreement instead of refusing."""
         _check_max_attempts(max_attempts)
         if not 0.0 < confidence <= 1.0:
             raise ConfigError(f"confidence must be in (0, 1], got {confidence}")
@@ -359,6 +362,7 @@ class AdaptivePolicy:
         self.prior = prior
         self.triplet_value = triplet_value
         self.trials = trials
+        self.cap_confidence = cap_confidence
         self._p_next = {
             (m, k): prior.next_pass_probability(m, k)
             for m in range(max_attempts + 1) for k in range(m + 1)
@@ -427,6 +431,9 @@ class AdaptivePolicy:
             hi *= 2.0
             if hi > 1e7:
                 best = self._expectations(self._solve(hi))[1]
+                if self.cap_confidence:
+                    self.confidence = best
+                    return hi, self._solve(hi)
                 raise ConfigError(
                     f"confidence {self.confidence} is not reachable with max_attempts="
                     f"{self.max_attempts} (best expected agreement {best:.3f})"

@@ -124,10 +124,10 @@ def dumps(value: Any) -> str:
 
 @dataclass
 class _Batch:
-    ops: list[Op] = field(default_factory=list)
+    writes: list[list[Op]] = field(default_factory=list)   # one entry per waiting caller
     led: bool = False
     done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
+    errors: dict[int, StoreError] = field(default_factory=dict)  # index in `writes` -> its failure
 
 
 class Store:
@@ -220,25 +220,45 @@ class Store:
     async def write(self, ops: Iterable[Op]) -> None:
         """Run `ops` in a transaction with whatever else is pending; return once committed."""
         batch = self._batch
-        batch.ops.extend(ops)
+        index = len(batch.writes)
+        batch.writes.append(list(ops))
         if batch.led:
             await batch.done.wait()
         else:
             batch.led = True
-            async with self._commit_lock:
-                # Everything that arrived while the previous commit ran is in this batch now.
-                self._batch = _Batch()
+            # Shielded from the wait for the commit slot to the end of the commit: the followers in this
+            # batch depend on their leader (a leader cancelled while waiting would strand them forever),
+            # and a cancelled run must not leave a transaction half-applied or open.
+            with anyio.CancelScope(shield=True):
                 try:
-                    # Shielded: a cancelled run must not leave a transaction half-applied or open.
-                    with anyio.CancelScope(shield=True):
-                        await self._commit(batch.ops)
+                    async with self._commit_lock:
+                        # Everything that arrived while the previous commit ran is in this batch now.
+                        self._batch = _Batch()
+                        await self._commit_batch(batch)
                 except BaseException as exc:
-                    batch.error = exc
+                    for waiting in range(len(batch.writes)):
+                        batch.errors.setdefault(waiting, StoreError(f"store {self.path}: write failed: {exc!r}"))
                     raise
                 finally:
                     batch.done.set()
-        if batch.error is not None:
-            raise StoreError(f"store {self.path}: write failed: {batch.error}") from batch.error
+        error = batch.errors.get(index)
+        if error is not None:
+            raise error
+
+    async def _commit_batch(self, batch: _Batch) -> None:
+        try:
+            await self._commit([op for ops in batch.writes for op in ops])
+        except StoreError as exc:
+            if len(batch.writes) == 1:
+                batch.errors[0] = exc
+                return
+            # One caller's bad statement must not fail the others batched with it (a lost record_call
+            # would be a paid-for answer thrown away): commit each caller's statements on their own.
+            for index, ops in enumerate(batch.writes):
+                try:
+                    await self._commit(ops)
+                except StoreError as own:
+                    batch.errors[index] = own
 
     async def _commit(self, ops: list[Op]) -> None:
         try:
@@ -246,9 +266,12 @@ class Store:
             for sql, params in ops:
                 await self._conn.execute(sql, params)
             await self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite errors, and malformed ops too: never leave the transaction open
             await self._rollback()
             raise StoreError(f"store {self.path}: {exc}") from None
+        except BaseException:
+            await self._rollback()
+            raise
         self.commits += 1
         self.ops_committed += len(ops)
 

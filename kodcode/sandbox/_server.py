@@ -235,33 +235,37 @@ def wipe_scratch() -> None:
                     pass
 
 
-def kill_everything_else() -> None:
-    if not ISOLATED:
-        return  # outside a pid namespace kill(-1) would reach the host's processes
-    # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1.
-    for _ in range(3):
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            return
-        time.sleep(0.002)
-
-
-def count_survivors() -> int:
-    """Processes left in the sandbox besides its init and this server (always 0 when healthy)."""
-    if not ISOLATED:
-        return 0
+def survivors() -> list[int]:
+    """Live processes in the sandbox besides its init and this server (zombies await init's reaping)."""
     me = os.getpid()
-    out = []
+    alive = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) not in (1, me):
             try:
-                st = open(f"/proc/{entry}/status").read().splitlines()
-                out.append(" ".join(l for l in st if l.startswith(("State", "Uid", "PPid", "SigBlk", "SigIgn"))))
-            except OSError as e:
-                out.append(str(e))
-    sys.stderr.write(repr(out) + "\n"); sys.stderr.flush()
-    return len(out)
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    state = fh.read().rsplit(b")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                alive.append(int(entry))
+    return alive
+
+
+def kill_everything_else(grace_s: float = 3.0) -> int:
+    """SIGKILL every other process of ours in the sandbox and wait until they are gone; returns how many remain."""
+    if not ISOLATED:
+        return 0  # outside a pid namespace kill(-1) would reach the host's processes
+    deadline = time.monotonic() + grace_s
+    while True:
+        # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        left = survivors()
+        if not left or time.monotonic() > deadline:
+            return len(left)
+        time.sleep(0.005)
 
 
 def run_task(req: dict) -> dict:
@@ -321,8 +325,8 @@ def run_task(req: dict) -> dict:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    kill_everything_else()
     _, status = os.waitpid(pid, 0)
+    remaining = kill_everything_else()
     elapsed = time.monotonic() - started
     # Every writer is dead now, so the pipes end in EOF.
     for fd in list(open_fds):
@@ -331,7 +335,6 @@ def run_task(req: dict) -> dict:
     for fd in (report_r, out_r, pidfd):
         os.close(fd)
     wipe_scratch()
-    survivors = count_survivors()
     return {
         "id": req["id"],
         "timed_out": timed_out,
@@ -340,7 +343,7 @@ def run_task(req: dict) -> dict:
         "report_truncated": len(report) >= REPORT_CAP,
         "output_tail": output[-4096:].decode("utf-8", "replace"),
         "duration_s": elapsed,
-        "survivors": survivors,
+        "survivors": remaining,
     }
 
 

@@ -37,6 +37,7 @@ _SERVER_SOURCE = (Path(__file__).parent / "_server.py").read_text(encoding="utf-
 _START_TIMEOUT_S = 60.0
 _ANSWER_MARGIN_S = 15.0   # the server enforces wall_s itself; this covers its kill and cleanup
 _ANSWER_CAP = 16 << 20
+_CLOSE_GRACE_S = 2.0
 # Each root-started server drops to its own uid, so RLIMIT_NPROC counts only that server's processes.
 _UID_BASE = 0x6B6F0000
 _uid_counter = itertools.count()
@@ -116,10 +117,16 @@ class ForkServer:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             if self._process.returncode is None:
-                try:
-                    self._process.kill()
-                except ProcessLookupError:
-                    pass
+                # A clean exit lets bwrap reap its sandbox; killing it orphans the sandbox's init.
+                assert self._process.stdin is not None
+                await self._process.stdin.aclose()
+                with anyio.move_on_after(_CLOSE_GRACE_S):
+                    await self._process.wait()
+                if self._process.returncode is None:
+                    try:
+                        self._process.kill()
+                    except ProcessLookupError:
+                        pass
             await self._process.aclose()
             self._stderr.close()
             if self._scratch is not None:
@@ -234,7 +241,6 @@ class ForkServerSandbox:
             return Verdict(passed=False, reason="crashed", duration_s=time.monotonic() - started,
                            extra={"server": "died or overran"})
         verdict = decide(expected, answer, nonce)
-        if os.environ.get("KODCODE_DEBUG"): print(server.stderr_tail()[:3000])
         anomaly = (verdict.reason in ("timeout", "crashed", "memory") or not server.alive
                    or verdict.extra.get("survivors", 0) > 0)
         if anomaly or server.tasks_done >= self.recycle_after:

@@ -93,7 +93,8 @@ def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
     if not ends or answer.get("report_truncated"):
         return verdict(False, "crashed")
     if not ran:
-        return verdict(False, "no tests")
+        code = ends[-1].get("exit")
+        return verdict(False, "no tests" if code in (0, 5) else f"collection error: pytest exit status {code}")
     missing = [t for t in outcomes if t.outcome == "missing"]
     if missing:
         return verdict(False, "missing tests: " + ", ".join(t.name for t in missing[:_MAX_LISTED]))

@@ -1,0 +1,39 @@
+"""Helpers for tests that run kodcode's commands as a user would: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def kodcode_command(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"kodcode.{module}", *args]
+
+
+def kodcode_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "KODCODE_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_kodcode(module: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m kodcode.<module> args` to completion."""
+    return subprocess.run(kodcode_command(module, *args), capture_output=True, text=True, timeout=timeout,
+                          env=kodcode_env())
+
+
+def start_kodcode(module: str, *args: str, **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(kodcode_command(module, *args), text=True, env=kodcode_env(), **popen)
+
+
+def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the store directly, as `sqlite3` on the command line would."""
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -1,0 +1,156 @@
+"""The sandbox's ordinary behaviour: legitimate code passes, HumanEval round-trips, the refusal path."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from kodcode.errors import SandboxError
+from kodcode.sandbox import Limits, bwrap, bwrap_available, open_sandbox
+from kodcode.sandbox.humaneval import humaneval_triplets, plant_bug
+
+needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot run here")
+
+LEGIT_SOLUTION = '''
+import os
+import builtins
+from dataclasses import dataclass
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+def parse(text):
+    if not text:
+        raise ValueError("empty")
+    return [int(part) for part in text.split(",")]
+
+
+def ask():
+    return builtins.input().upper()
+
+
+def save(path, data):
+    with open(os.path.join(path, "out.txt"), "w") as fh:
+        fh.write(data)
+    return os.path.getsize(os.path.join(path, "out.txt"))
+'''
+
+LEGIT_TESTS = '''
+import pytest
+from solution import Point, parse, ask, save
+
+
+@pytest.fixture
+def sample():
+    return "1,2,3"
+
+
+def test_parse(sample):
+    assert parse(sample) == [1, 2, 3]
+
+
+def test_parse_empty():
+    with pytest.raises(ValueError):
+        parse("")
+
+
+@pytest.mark.parametrize("a, b", [(1, 1), (2, 2)])
+def test_points(a, b):
+    assert Point(a, b) == Point(a, b)
+    assert Point(a, b) != Point(a + 1, b)
+
+
+def test_ask(monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda: "yes")
+    assert ask() == "YES"
+
+
+def test_save(tmp_path, capsys):
+    print("hello")
+    assert save(str(tmp_path), "abc") == 3
+    assert capsys.readouterr().out == "hello\\n"
+
+
+class TestGroup:
+    def test_in_class(self):
+        assert parse("4") == [4]
+'''
+
+
+@needs_bwrap
+async def test_legitimate_code_passes_with_coverage() -> None:
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run(LEGIT_SOLUTION, LEGIT_TESTS)
+        failing = await sb.run(LEGIT_SOLUTION.replace("x.upper()", "x.lower()").replace(
+            "builtins.input().upper()", "builtins.input()"), LEGIT_TESTS)
+    assert verdict.passed, verdict
+    names = {t.name for t in verdict.tests}
+    assert {"test_parse", "test_points[1-1]", "test_points[2-2]", "TestGroup::test_in_class"} <= names
+    assert verdict.coverage is not None and verdict.coverage > 90
+    assert not failing.passed and failing.reason == "failed: test_ask"
+
+
+@needs_bwrap
+async def test_missing_module_and_concurrent_callers() -> None:
+    good = ("def f(x):\n    return x * 2\n", "from solution import f\n\ndef test_f():\n    assert f(2) == 4\n")
+    bad = ("def f(x):\n    return x * 3\n", good[1])
+    missing = ("import numpy_not_here\n", good[1])
+    results: dict[int, bool] = {}
+    async with open_sandbox(workers=2) as sb:
+        miss = await sb.run(*missing)
+
+        async def one(index: int) -> None:
+            results[index] = (await sb.run(*(good if index % 2 else bad))).passed
+
+        async with anyio.create_task_group() as tg:
+            for index in range(12):
+                tg.start_soon(one, index)
+    assert miss.reason == "missing module: numpy_not_here"
+    assert results == {index: bool(index % 2) for index in range(12)}
+
+
+async def test_unisolated_mode_runs_and_warns() -> None:
+    with capture_logs() as logs:
+        async with open_sandbox(workers=1, isolation=False, limits=Limits(wall_s=5)) as sb:
+            ok = await sb.run("def f():\n    return 1\n", "from solution import f\n\ndef test_f():\n    assert f() == 1\n")
+            bad = await sb.run("def f():\n    return 2\n", "from solution import f\n\ndef test_f():\n    assert f() == 1\n")
+    assert ok.passed and not bad.passed and bad.reason == "failed: test_f"
+    assert any(entry["event"] == "sandbox.unisolated" and entry["log_level"] == "warning" for entry in logs)
+
+
+def test_refuses_without_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    bwrap._probe.cache_clear()
+    try:
+        assert not bwrap_available()
+        with pytest.raises(SandboxError, match="isolation=False"):
+            open_sandbox()
+    finally:
+        monkeypatch.undo()
+        bwrap._probe.cache_clear()
+
+
+@pytest.mark.slow
+@needs_bwrap
+async def test_humaneval_canonical_pass_and_planted_bugs_fail() -> None:
+    triplets = humaneval_triplets()
+    assert len(triplets) == 164
+    verdicts: dict[tuple[str, bool], bool] = {}
+    async with open_sandbox() as sb:
+        async def one(task_id: str, solution: str, tests: str, buggy: bool) -> None:
+            verdicts[(task_id, buggy)] = (await sb.run(solution, tests)).passed
+
+        async with anyio.create_task_group() as tg:
+            for t in triplets:
+                tg.start_soon(one, t.task_id, t.solution, t.tests, False)
+                tg.start_soon(one, t.task_id, plant_bug(t.solution, t.entry_point), t.tests, True)
+    assert [k for k, passed in verdicts.items() if not k[1] and not passed] == []
+    assert [k for k, passed in verdicts.items() if k[1] and passed] == []
