@@ -41,6 +41,9 @@ SAME_TOPIC = [
     "Write a function to compute the least common multiple of a list of integers.",
     "Write a function that returns the length of the longest string in a list of strings.",
     "Write a function that returns the sum of all even numbers in a list.",
+    # Contains all of HumanEval/30 ("Return only positive numbers in the list.") inside a longer, different task.
+    "Write a function named `record_count_total` that groups entries by category in a list of positive numbers. "
+    "It is part of an employee payroll service. The function receives `scores` (dict[str, int]) and `limit` (int).",
 ]
 
 

@@ -130,6 +130,7 @@ class Decontaminator:
         ngram_size: int = 13,
         overlap_threshold: float = 0.6,
         min_overlap_features: int = 3,
+        min_question_share: float = 0.15,
         boilerplate_df: int = 3,
         embedder: Embedder | None = None,
         semantic_threshold: float = 0.95,
@@ -141,6 +142,7 @@ class Decontaminator:
         # An item with fewer content features than this ("Add two numbers x and y") is too
         # generic for word overlap to mean copying; only the embedding test judges it.
         self.min_overlap_features = min_overlap_features
+        self.min_question_share = min_question_share
         self.boilerplate_df = boilerplate_df
         self.semantic_threshold = semantic_threshold
         self._embedder = embedder
@@ -249,11 +251,17 @@ class Decontaminator:
         return {i: weight / self._item_weight[i] for i, weight in hit.items()}
 
     def _check_overlap(self, words: list[str]) -> ContamMatch | None:
-        scores = self._overlap(_features(words))
+        features = _features(words)
+        scores = self._overlap(features)
+        # A long question that happens to contain a short item's few words ("positive numbers
+        # in a list") is not its paraphrase: also require that the item accounts for some
+        # share of the question's own features.
         eligible = [
             (score, -i)
             for i, score in scores.items()
-            if score >= self.overlap_threshold and len(self._item_features[i]) >= self.min_overlap_features
+            if score >= self.overlap_threshold
+            and len(self._item_features[i]) >= self.min_overlap_features
+            and len(self._item_features[i] & features) >= self.min_question_share * len(features)
         ]
         if not eligible:
             return None

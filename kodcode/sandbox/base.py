@@ -28,6 +28,8 @@ class TestOutcome:
     outcome: str                   # passed | failed | error | skipped | missing
     message: str = ""              # short failure text (last line of the assertion), capped
 
+    __test__ = False               # not a pytest test class, despite the name
+
 
 @dataclass(frozen=True)
 class Verdict:
