@@ -64,6 +64,8 @@ class PromptLibrary:
                 raise ConfigError(f"prompt template {name!r} not found") from exc
             except jinja2.TemplateSyntaxError as exc:
                 raise ConfigError(f"prompt template {name}.j2 line {exc.lineno}: {exc.message}") from exc
+            except UnicodeDecodeError:  # an overlay file saved in another encoding
+                raise ConfigError(f"prompt template {name}.j2 is not UTF-8 text") from None
             digest = hashlib.sha256(source.encode()).hexdigest()[:12]
             self._cache[name] = (template, digest)
         return self._cache[name]

@@ -10,7 +10,8 @@ Three tests, cheapest first; the first that fires is reported:
   reach 13 words, and a paraphrase keeps the rare words ("threshold", "closer") and their
   order while swapping filler; a question that is merely on the same topic shares the
   common words ("list", "number"), which IDF over the benchmark corpus discounts, and
-  rarely the rare bigrams.
+  rarely the rare bigrams. The item must also account for 15% of the question's own features,
+  so a long question that merely contains a short item's few words is not flagged.
 * ``semantic``: cosine of sentence embeddings (the paper's method, threshold 0.95), only
   when an embedder is given.
 """

@@ -281,10 +281,11 @@ class LLMClient:
         self.calls += 1
         self.prompt_tokens += response.prompt_tokens
         self.completion_tokens += response.completion_tokens
-        if self._budget is not None:
-            self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
+        # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
         if self._recorder is not None:
             await self._recorder.record_call(request, response)
+        if self._budget is not None:
+            self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
         return response
 
     async def _send_with_retries(self, transport: LLMTransport, request: LLMRequest) -> LLMResponse:
@@ -321,6 +322,8 @@ async def preflight(base_url: str, model: str | None, api_key: str | None, *, ti
     try:
         async with httpx.AsyncClient(timeout=timeout_s) as client:
             reply = await client.get(url, headers=headers)
+    except httpx.InvalidURL as exc:  # not an httpx.HTTPError
+        raise ConfigError(f"invalid --base-url {base_url}: {_short(str(exc))}") from None
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach --base-url {base_url}: {_short(str(exc) or type(exc).__name__)}; is the server running?") from None
     if reply.status_code in (401, 403):
