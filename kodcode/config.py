@@ -23,7 +23,7 @@ __all__ = [
     "load_config",
 ]
 
-ROLES = ("proposer", "solver", "tester", "rewriter")
+ROLES = ("proposer", "solver", "tester", "rewriter", "reasoning")
 
 
 class _Strict(BaseModel):
@@ -74,7 +74,8 @@ class Config(_Strict):
     llm_timeout_s: float = Field(300.0, gt=0)
     llm_max_retries: int = Field(6, ge=0)
     item_retries: int = Field(2, ge=0)    # supervision: re-handle a message this many times after an exception
-    roles: dict[Literal["proposer", "solver", "tester", "rewriter"], RoleSettings] = Field(default_factory=dict)
+    roles: dict[Literal["proposer", "solver", "tester", "rewriter", "reasoning"], RoleSettings] = Field(default_factory=dict)
+    reasoning_samples: int = Field(0, ge=0, le=64)   # responses per verified question from the reasoning role; 0 = off
     sources: SourceSettings = SourceSettings()
     sandbox: SandboxSettings = SandboxSettings()
     prompts_dir: Path | None = None
@@ -90,7 +91,12 @@ class Config(_Strict):
         return self
 
     def role(self, name: str) -> RoleSettings:
-        return self.roles.get(name, _DEFAULT_ROLES[name])  # type: ignore[index]
+        """The role's settings: what the user set, over the role's own defaults."""
+        default = _DEFAULT_ROLES[name]
+        given = self.roles.get(name)  # type: ignore[call-overload]
+        if given is None:
+            return default
+        return default.model_copy(update=given.model_dump(exclude_unset=True))
 
     @property
     def effective_mode(self) -> Literal["split", "joint"]:
@@ -106,6 +112,8 @@ _DEFAULT_ROLES: dict[str, RoleSettings] = {
     "solver": RoleSettings(temperature=0.3, max_tokens=1024),
     "tester": RoleSettings(temperature=0.3, max_tokens=1024),
     "rewriter": RoleSettings(temperature=0.3, max_tokens=1024),
+    # The paper sampled DeepSeek-R1 at T=1.0 with 16k tokens: reasoning traces are long.
+    "reasoning": RoleSettings(temperature=1.0, top_p=0.95, max_tokens=16384),
 }
 
 
@@ -134,14 +142,13 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
     for key, value in overrides.items():
         if value is None:
             continue
-        if "." in key:
-            section, sub = key.split(".", 1)
-            table = data.setdefault(section, {})
+        *sections, leaf = key.split(".")
+        table = data
+        for depth, section in enumerate(sections):
+            table = table.setdefault(section, {})
             if not isinstance(table, dict):
-                raise ConfigError(f"config key {section!r} must be a table to set {key!r}")
-            table[sub] = value
-        else:
-            data[key] = value
+                raise ConfigError(f"config key {'.'.join(sections[:depth + 1])!r} must be a table to set {key!r}")
+        table[leaf] = value
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AttemptResult", "AttemptTask", "ProposeTask", "RewriteTask"]
+__all__ = ["AttemptResult", "AttemptTask", "ProposeTask", "ReasonTask", "RewriteTask"]
 
 
 @dataclass(frozen=True)
@@ -51,5 +51,18 @@ class RewriteTask:
     style: str
     question: str
     solution: str
+    tests: str
+    entry_point: str
+
+
+@dataclass(frozen=True)
+class ReasonTask:
+    """Sample one reasoning-model response to a verified question (of a given style) and test it."""
+
+    item_id: str
+    style: str                       # instruct, or a rewrite style such as complete
+    sample: int                      # 0-based sample number
+    question: str
+    solution: str                    # the reference solution (for the entry point's signature)
     tests: str
     entry_point: str

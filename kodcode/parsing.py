@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import textwrap
 from dataclasses import dataclass
 
 __all__ = [
@@ -30,6 +31,7 @@ class ParseFailure(ValueError):
     """The model's output does not contain what the prompt asked for; the message is the reason."""
 
 
+_PYTHON_LANGS = ("python", "py", "python3")
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _THINK_END = "</think>"
 _TAG = r"<\|{name} Begin\|>(.*?)(?:<\|{name} End\|>|\Z)"
@@ -64,7 +66,7 @@ def extract_code(text: str) -> str:
     when it parses as Python. Prose around the code is ignored."""
     _, answer = split_reasoning(text)
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(answer)]
-    python_blocks = [body for lang, body in blocks if lang in ("python", "py", "python3")]
+    python_blocks = [body for lang, body in blocks if lang in _PYTHON_LANGS]
     candidates = python_blocks or [body for lang, body in blocks if lang == ""]
     if not candidates:
         stripped = answer.strip()
@@ -72,7 +74,8 @@ def extract_code(text: str) -> str:
             candidates = [stripped]
     if not candidates:
         raise ParseFailure("no python code block in the answer")
-    code = candidates[0].strip("\n")
+    # A fence inside a markdown list is indented as a whole; the code itself is not.
+    code = textwrap.dedent(candidates[0]).strip("\n")
     if not code.strip():
         raise ParseFailure("empty code block")
     try:
@@ -106,7 +109,7 @@ def extract_joint(text: str) -> tuple[str, str]:
         except ParseFailure as exc:
             raise ParseFailure(f"test section: {exc}") from None
         return solution, tests
-    blocks = [body for lang, body in _FENCE.findall(answer) if lang.lower() in ("python", "py", "")]
+    blocks = [body for lang, body in _FENCE.findall(answer) if lang.lower() in (*_PYTHON_LANGS, "")]
     if len(blocks) < 2:
         raise ParseFailure("missing <|Solution Begin|>/<|Test Begin|> sections")
     return extract_code(f"```python\n{blocks[0]}```"), extract_code(f"```python\n{blocks[1]}```")

@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-usd", type=float, help="stop after this much money (needs prices in config)")
     parser.add_argument("--embedded-model", choices=("0.5b", "1.5b"),
                         help="embedded model when no --base-url is given (default 0.5b)")
+    parser.add_argument("--reasoning-samples", type=int,
+                        help="responses per verified question from the reasoning role, kept only if they pass (default 0: off)")
+    parser.add_argument("--reasoning-model", help="model for the reasoning role (default: --model)")
+    parser.add_argument("--reasoning-base-url", help="endpoint for the reasoning role (default: --base-url)")
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
@@ -90,6 +94,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "budget_usd": args.budget_usd,
         "embedded_variant": args.embedded_model,
         "grace_s": args.grace,
+        "reasoning_samples": args.reasoning_samples,
+        "roles.reasoning.model": args.reasoning_model,
+        "roles.reasoning.base_url": args.reasoning_base_url,
         "sources.seeds_file": args.seeds,
         "sources.subset": args.seed_subset,
         "sources.weights": weights,

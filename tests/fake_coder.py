@@ -127,6 +127,21 @@ def problem_for(text: str) -> Problem | None:
     return None
 
 
+def reasoning_answer(problem: Problem, mode: str) -> str:
+    """An R1-style answer: a trace in <think>, then the code in one of several shapes."""
+    body = problem.body
+    code = {
+        "ok": problem.solution(),
+        "renamed": f"def solve({problem.params}):\n{body}",
+        "helpers": f"def _helper(x):\n    return x\n\n\ndef answer({problem.params}):\n{body}",
+        "ambiguous": f"def first({problem.params}):\n{body}\n\ndef second({problem.params}):\n{body}",
+        "wrong": f"def solve({problem.params}):\n{problem.wrong_body}",
+    }.get(mode)
+    if mode == "unfinished":
+        return "<think>Let me think about this for a very long time and never finish"
+    return f"<think>\nThe task: {problem.question} I will write a function.\n</think>\n\n```python\n{code}```\n"
+
+
 def fenced(code: str) -> str:
     return f"Here is the code:\n```python\n{code.rstrip()}\n```\nThis works."
 
@@ -144,6 +159,10 @@ class FakeCoder:
     kinds: Counter = field(default_factory=Counter)
     solves: Counter = field(default_factory=Counter)
     proposals: int = 0
+    # Per problem, the reasoning answers in order: ok | renamed | helpers | ambiguous | wrong | unfinished.
+    reasoning_script: dict[str, list[str]] = field(default_factory=dict)
+    reasonings: Counter = field(default_factory=Counter)
+    drift_rewrite: set[str] = field(default_factory=set)   # names whose completion rewrite changes the signature
     on_request: Callable[[str, ScriptedRequest], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -161,6 +180,8 @@ class FakeCoder:
             return "tests"
         if "Write a Python solution for the question below" in text:
             return "solve"
+        if not request.system and problem_for(request.user) is not None:
+            return "reason"
         return "unknown"
 
     def __call__(self, request: ScriptedRequest) -> Reply | str:
@@ -187,11 +208,19 @@ class FakeCoder:
             tests = problem.tests(weak=problem.name in self.weak_tests)
             return (f"<|Solution Begin|>\n```python\n{solution}```\n<|Solution End|>\n"
                     f"<|Test Begin|>\n```python\n{tests}```\n<|Test End|>")
+        if kind == "reason":
+            with self._lock:
+                number = self.reasonings[problem.name]
+                self.reasonings[problem.name] += 1
+            script = self.reasoning_script.get(problem.name, ["renamed"])
+            return reasoning_answer(problem, script[number % len(script)])
         if kind == "tests":
             return fenced(problem.tests(weak=problem.name in self.weak_tests))
         if kind == "rewrite":
             signature = re.search(r"the function signature `([^`]*)`", request.user)
             header = signature.group(1) if signature else f"def {problem.name}({problem.params})"
+            if problem.name in self.drift_rewrite:
+                header = f"def {problem.name}_v2({problem.params}, extra=None)"
             return (f"<|Completion Begin|>\n```python\n{header}:\n    \"\"\"{problem.question}\n\n"
                     f"    >>> {problem.name}({problem.cases[0][0]})\n    {problem.cases[0][1]}\n    \"\"\"\n```\n"
                     "<|Completion End|>")

@@ -47,6 +47,11 @@ def test_extract_code_accepts_bare_code_and_an_unclosed_fence() -> None:
     assert extract_code(f"```python\n{SOLUTION}") == SOLUTION
 
 
+def test_extract_code_dedents_a_fence_indented_in_a_list() -> None:
+    indented = "".join(f"   {line}\n" for line in SOLUTION.splitlines())
+    assert extract_code(f"1. The function:\n   ```python\n{indented}   ```\n") == SOLUTION
+
+
 def test_extract_code_reasons_for_failures() -> None:
     with pytest.raises(ParseFailure, match="no python code block"):
         extract_code("I cannot help with that question, sorry.")
@@ -101,6 +106,11 @@ def test_extract_joint_tagged_sections_without_fences_or_end_tags() -> None:
 
 def test_extract_joint_falls_back_to_the_first_two_blocks() -> None:
     text = f"Solution:\n```python\n{SOLUTION}```\nTests:\n```python\n{TESTS}```\nextra:\n```python\nx = 1\n```"
+    assert extract_joint(text) == (SOLUTION, TESTS)
+
+
+def test_extract_joint_fallback_accepts_every_python_tag() -> None:
+    text = f"```python3\n{SOLUTION}```\n```py\n{TESTS}```"
     assert extract_joint(text) == (SOLUTION, TESTS)
 
 

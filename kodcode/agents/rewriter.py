@@ -54,7 +54,8 @@ class Rewriter:
     def __init__(self, ctx: AgentContext) -> None:
         self.ctx = ctx
 
-    async def handle(self, task: RewriteTask) -> None:
+    async def handle(self, task: RewriteTask) -> str | None:
+        """Returns the verified variant's question, or None when it was rejected (recorded with the reason)."""
         ctx = self.ctx
         reference = _entry_function(task.solution, task.entry_point)
         signature = function_signature(reference) if reference else f"def {task.entry_point}(...):"
@@ -68,15 +69,16 @@ class Rewriter:
         except (ParseFailure, SyntaxError) as exc:
             await ctx.records.save_rewrite(task.item_id, task.style, "rejected", None, False, str(exc), lineage)
             ctx.log.info("rewrite_rejected", item_id=task.item_id, style=task.style, reason=str(exc))
-            return
+            return None
         imported = tested_names(task.tests)
         if imported and task.entry_point not in imported:
             reason = f"signature drift: tests import {imported}, variant defines {task.entry_point!r}"
             await ctx.records.save_rewrite(task.item_id, task.style, "rejected", question, False, reason, lineage)
-            return
+            return None
         # Re-verify: the reference solution must still pass the tests the variant is paired with.
         verdict = await ctx.sandbox.run(task.solution, task.tests)
         state = "verified" if verdict.passed else "rejected"
         await ctx.records.save_rewrite(task.item_id, task.style, state, question, verdict.passed,
                                        verdict.reason, {**lineage, "coverage": verdict.coverage})
         ctx.log.info("rewrite_done", item_id=task.item_id, style=task.style, state=state, reason=verdict.reason)
+        return question if verdict.passed else None

@@ -23,11 +23,12 @@ import anyio
 from kodcode.agents.context import AgentContext
 from kodcode.agents.judge import Judge
 from kodcode.agents.proposer import Proposer, QuestionGate
+from kodcode.agents.reasoner import Reasoner
 from kodcode.agents.rewriter import Rewriter
 from kodcode.agents.solver import Solver
 from kodcode.agents.tester import Tester
 from kodcode.errors import BudgetExhausted
-from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, RewriteTask
+from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, ReasonTask, RewriteTask
 from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
 from kodcode.runtime.scheduler import AttemptPolicy, paper_label
 from kodcode.sources import SourceMix
@@ -74,6 +75,7 @@ class Pipeline:
         self._tester = Tester(ctx)
         self._judge = Judge(ctx)
         self._rewriter = Rewriter(ctx)
+        self._reasoner = Reasoner(ctx)
         retries = self.config.item_retries
         self.proposer: Actor[ProposeTask] = self._actor("proposer", self._propose, concurrency, FifoMailbox(concurrency), retries)
         self.solver: Actor[AttemptTask] = self._actor("solver", self._solve, concurrency, PriorityMailbox(), retries)
@@ -82,7 +84,9 @@ class Pipeline:
                                                      FifoMailbox(concurrency), retries)
         self.rewriter: Actor[RewriteTask] = self._actor("rewriter", self._rewrite, max(1, concurrency // 2),
                                                         FifoMailbox(concurrency), retries)
-        self.actors = (self.proposer, self.solver, self.tester, self.judge, self.rewriter)
+        self.reasoner: Actor[ReasonTask] = self._actor("reasoner", self._reason, concurrency,
+                                                       FifoMailbox(concurrency), retries)
+        self.actors = (self.proposer, self.solver, self.tester, self.judge, self.rewriter, self.reasoner)
         self._questions: dict[str, str] = {}       # open items: id -> question
         self._in_flight = 0                        # messages sent and not yet handled
         self._open_items = 0                       # items proposing or open
@@ -157,7 +161,17 @@ class Pipeline:
         await self._route(await self._guard(self._judge.handle(task)))
 
     async def _rewrite(self, task: RewriteTask) -> None:
-        await self._guard(self._rewriter.handle(task))
+        question = await self._guard(self._rewriter.handle(task))
+        if question is not None:
+            await self._sample_responses(task.item_id, task.style, question, task.solution, task.tests, task.entry_point)
+
+    async def _reason(self, task: ReasonTask) -> None:
+        await self._guard(self._reasoner.handle(task))
+
+    async def _sample_responses(self, item_id: str, style: str, question: str, solution: str, tests: str,
+                                entry_point: str) -> None:
+        for sample in range(self.config.reasoning_samples):
+            await self._send(self.reasoner, ReasonTask(item_id, style, sample, question, solution, tests, entry_point))
 
     async def _guard(self, work: Awaitable[M]) -> M:
         try:
@@ -185,6 +199,9 @@ class Pipeline:
             await self.on_result(AttemptResult(message.item_id, message.attempt, False, reason))
         elif isinstance(message, RewriteTask):
             await records.save_rewrite(message.item_id, message.style, "rejected", None, False, reason, {})
+        elif isinstance(message, ReasonTask):
+            await records.save_response(message, self.ctx.models.get("reasoning", ""), None, None, None, None,
+                                        False, reason, None, {})
 
     # -- scheduling ----------------------------------------------------------------------------------------
 
@@ -227,6 +244,8 @@ class Pipeline:
             for style in self.config.styles:
                 await self._send(self.rewriter, RewriteTask(result.item_id, style, question, best["solution"],
                                                             best["tests"], best["entry_point"]))
+            await self._sample_responses(result.item_id, "instruct", question, best["solution"], best["tests"],
+                                         best["entry_point"])
             if self._verified >= self.config.target:
                 self.request_stop(f"target reached: {self._verified} verified")
 
@@ -276,6 +295,9 @@ class Pipeline:
         for row in state.unrewritten:
             await self._send(self.rewriter, RewriteTask(row["item_id"], row["style"], row["question"], row["solution"],
                                                         row["tests"], row["entry_point"]))
+        for row in await records.missing_responses(self.config.reasoning_samples):
+            await self._send(self.reasoner, ReasonTask(row["item_id"], row["style"], row["sample"], row["question"],
+                                                       row["solution"], row["tests"], row["entry_point"]))
         for task in state.proposing:
             self._open_items += 1
             await self._send(self.proposer, self.sources.task_for(task.seq))

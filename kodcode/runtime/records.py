@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from kodcode.messages import ProposeTask
+from kodcode.messages import ProposeTask, ReasonTask
 from kodcode.runtime.llm import LLMRequest, LLMResponse
 from kodcode.runtime.store import Op, Store, dumps, now
 from kodcode.sandbox.base import Verdict
@@ -189,6 +189,36 @@ class Records:
             " lineage=excluded.lineage, updated_at=excluded.updated_at",
             (item_id, style, state, question, None if passed is None else int(passed), reason, dumps(lineage), t, t),
         )])
+
+    # -- reasoning responses ---------------------------------------------------------------------------
+
+    async def save_response(self, task: ReasonTask, model: str, response: str | None, reasoning: str | None,
+                            code: str | None, renamed_from: str | None, passed: bool, reason: str | None,
+                            coverage: float | None, lineage: dict[str, Any]) -> None:
+        await self.store.write([(
+            "INSERT OR REPLACE INTO responses(item_id, style, sample, model, response, reasoning, code, renamed_from,"
+            " passed, reason, coverage, lineage, created_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (task.item_id, task.style, task.sample, model, response, reasoning, code, renamed_from, int(passed),
+             reason, coverage, dumps(lineage), now()),
+        )])
+
+    async def missing_responses(self, samples: int) -> list[dict[str, Any]]:
+        """Verified questions (and verified rewrites) still owed reasoning samples, with what a sample needs."""
+        if samples <= 0:
+            return []
+        rows = await self.store.rows(
+            "SELECT i.item_id, 'instruct' AS style, i.question, i.entry_point, a.solution, a.tests FROM items i"
+            " JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt WHERE i.state='verified'"
+            " UNION ALL SELECT i.item_id, r.style, r.question, i.entry_point, a.solution, a.tests FROM rewrites r"
+            " JOIN items i USING(item_id) JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt"
+            " WHERE r.state='verified'")
+        done = {(r[0], r[1], r[2]) for r in await self.store.rows("SELECT item_id, style, sample FROM responses")}
+        missing = []
+        for row in rows:
+            for sample in range(samples):
+                if (row["item_id"], row["style"], sample) not in done:
+                    missing.append({**dict(row), "sample": sample})
+        return missing
 
     # -- LLM call cache (CallRecorder) -----------------------------------------------------------------
 

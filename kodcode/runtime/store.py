@@ -25,7 +25,7 @@ from kodcode.errors import SchemaError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 Op = tuple[str, Sequence[Any]]
 
@@ -114,6 +114,23 @@ _MIGRATIONS: dict[int, str] = {
         item_id TEXT PRIMARY KEY,
         exact_hash TEXT NOT NULL,
         minhash BLOB);
+    """,
+    2: """
+    CREATE TABLE responses(
+        item_id TEXT NOT NULL REFERENCES items(item_id),
+        style TEXT NOT NULL,
+        sample INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        response TEXT,
+        reasoning TEXT,
+        code TEXT,
+        renamed_from TEXT,
+        passed INTEGER NOT NULL,
+        reason TEXT,
+        coverage REAL,
+        lineage TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        PRIMARY KEY(item_id, style, sample));
     """,
 }
 
