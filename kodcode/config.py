@@ -17,6 +17,7 @@ from kodcode.errors import ConfigError
 __all__ = [
     "ROLES",
     "Config",
+    "GateSettings",
     "RoleSettings",
     "SandboxSettings",
     "SourceSettings",
@@ -43,19 +44,53 @@ class RoleSettings(_Strict):
 
 
 class SourceSettings(_Strict):
-    """Where questions come from; weights mix the sources."""
+    """Where questions come from; weights mix the sources (a missing source weighs 0)."""
 
     prefill_prefixes: tuple[str, ...] = ("Write a python function to",)
-    seeds_file: Path | None = None       # JSONL with a "question" field per line
+    seeds_file: Path | None = None       # JSONL with a "question" field per line, or a datasets.save_to_disk directory
+    seeds_field: str | None = None       # the seed text field; default: the first of question/text/problem
+    seeds_split: str | None = None       # split of a saved DatasetDict; default "train"
     seeds_per_prompt: int = Field(1, ge=1, le=10)
     subset: str | None = None             # subset name for seed questions, default "Seeds"
-    weights: dict[Literal["prefill", "seeds"], float] = Field(default_factory=lambda: {"prefill": 1.0, "seeds": 1.0})
+    snippets_dir: Path | None = None      # Python files to cut snippets from; default: the standard library
+    snippets_subset: str = "Algorithm"    # or "Data_Structure"
+    snippet_lines: tuple[int, int] = (5, 80)   # snippet size range, in lines
+    docs_modules: tuple[str, ...] = ("json", "itertools", "collections", "re", "datetime", "textwrap")
+    filter_qualities: tuple[Literal["very poor", "poor", "average", "good", "excellent"], ...] = ("good", "excellent")
+    filter_categories: tuple[str, ...] = ("Algorithm Implementation", "Function Generation")
+    # Snippet, doc and evol prompts reason before the question: the proposer's max_tokens is raised to this.
+    analysis_max_tokens: int = Field(1024, ge=64)
+    weights: dict[Literal["prefill", "seeds", "snippets", "docs", "evol", "filter"], float] = Field(
+        default_factory=lambda: {"prefill": 1.0, "seeds": 1.0})
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> "SourceSettings":
+        low, high = self.snippet_lines
+        if not 1 <= low <= high:
+            raise ValueError(f"snippet_lines must be (min, max) with 1 <= min <= max, not {self.snippet_lines}")
+        return self
 
 
 class SandboxSettings(_Strict):
     isolation: bool = True                # False only with --unsafe-no-isolation
     workers: int | None = Field(None, ge=1)
     timeout_s: float = Field(10.0, gt=0)
+
+
+class GateSettings(_Strict):
+    """Data-quality gates the Judge applies to a trial whose solution passed its own tests."""
+
+    mutation: bool = True
+    # Kills needed out of the mutants generated. 0.5 because some mutants are equivalent in ways no
+    # construction rule catches (`<` vs `<=` where equality never happens, a changed constant in a
+    # branch the tests cannot reach): 10-30% of a small function's mutants. Tests that check real
+    # behaviour kill most of the rest; tests that pin one value of one call leave half alive.
+    mutation_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    max_mutants: int = Field(6, ge=1, le=64)
+    mutation_concurrency: int = Field(4, ge=1, le=64)   # mutants in the sandbox at once, per trial
+    seed: int | None = None                              # None: the run's seed
+    cross_check: bool = False                            # an independent solution must pass the tests too
+    vacuous: Literal["flag", "reject"] = "flag"          # flag: reject only when every test is vacuous
 
 
 class Config(_Strict):
@@ -78,6 +113,7 @@ class Config(_Strict):
     reasoning_samples: int = Field(0, ge=0, le=64)   # responses per verified question from the reasoning role; 0 = off
     sources: SourceSettings = SourceSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    gates: GateSettings = GateSettings()
     prompts_dir: Path | None = None
     budget_calls: int | None = Field(None, ge=1)
     budget_tokens: int | None = Field(None, ge=1)

@@ -13,11 +13,13 @@ class ProposeTask:
 
     item_id: str
     seq: int
-    source: str                      # prefill | seeds
+    source: str                      # prefill | seeds | snippets | docs | evol | filter
     subset: str                      # KodCode subset name, e.g. "Prefill"
-    seeds: tuple[str, ...] = ()      # seed question texts (source "seeds")
-    seed_ids: tuple[str, ...] = ()
+    seeds: tuple[str, ...] = ()      # seed question texts (source "seeds"; evol: the parent question)
+    seed_ids: tuple[str, ...] = ()   # evol: the parent's item id (stored with the item, for resume)
     prefix: str = ""                 # prefill prefix (source "prefill")
+    material: str = ""               # snippets: the code; docs: the document; evol: the evolution method
+    origin: str = ""                 # where the material is from: "path::qualname:first-last", "json.dumps", parent id
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def wilson_interval(passed: int, total: int, z: float = _Z95) -> tuple[float, fl
 _REASON_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"^failed: "), "failed tests"),
     (re.compile(r"^missing tests: "), "missing tests"),
+    (re.compile(r"^missing module: ([\w]+)"), lambda m: f"missing module: {m.group(1)}"),   # says what to install
     (re.compile(r"^duplicate of \S+ \((\w+)"), lambda m: f"duplicate ({m.group(1)})"),
     (re.compile(r"^contaminated: matches (\S+)"), lambda m: f"contaminated: {m.group(1)}"),
     (re.compile(r"^collection error: (?:E\s+)?([A-Za-z_][\w.]*(?:Error|Exception|Exit))\b"),

@@ -11,6 +11,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 import traceback
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,10 +19,12 @@ from typing import Any
 
 import anyio
 import structlog
+from rich.console import Console
 
 from kodcode.agents.context import AgentContext
 from kodcode.config import ROLES, Config, load_config
 from kodcode.errors import ConfigError, KodcodeError
+from kodcode.progress import ProgressSnapshot, ProgressView
 from kodcode.prompts import PromptLibrary
 from kodcode.runtime.gate import build_gate
 from kodcode.runtime.llm import LLMClient, LLMTransport, OpenAITransport, preflight
@@ -110,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, _overrides(args))
         if config.budget_usd is not None and not config.prices:
             raise ConfigError("--budget-usd needs a [prices] table in the config (model = [usd_per_1M_in, usd_per_1M_out])")
-        configure_logging(args.db.parent / EVENTS_FILE, console_level="debug" if args.debug else "info")
+        # On a terminal the live progress panel is the console view; logs there would tear it apart, so only
+        # warnings reach the console (everything still goes to events.jsonl, for kodcode.tail).
+        live = sys.stdout.isatty()
+        console_level = "debug" if args.debug else ("warning" if live else "info")
+        configure_logging(args.db.parent / EVENTS_FILE, console_level=console_level)
     except KodcodeError as exc:
         print(f"kodcode: error: {exc}", file=sys.stderr)
         return 2
@@ -118,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kodcode: error: cannot write the run directory {args.db.parent}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        summary = anyio.run(_run, config, args.db, backend="asyncio")
+        summary = anyio.run(_run, config, args.db, live, backend="asyncio")
     except KodcodeError as exc:
         if args.debug:
             traceback.print_exc()
@@ -134,7 +141,7 @@ def _api_key(env_name: str | None) -> str | None:
     return os.environ.get(env_name or "OPENAI_API_KEY") or None
 
 
-async def _run(config: Config, db_path: Path) -> RunSummary:
+async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
     log = get_logger()
     prompts = PromptLibrary(config.prompts_dir)
     prompt_hashes = prompts.hashes()           # a broken template fails here, before anything is paid for
@@ -178,16 +185,34 @@ async def _run(config: Config, db_path: Path) -> RunSummary:
                         expected_label_agreement=round(policy.confidence, 3))
         pipeline = Pipeline(ctx, policy=policy, sources=sources, gate=gate)
 
+        started = time.monotonic()
+        view = ProgressView(Console(), live=live)
+
         async def tick() -> None:
             stats = pipeline.statistics()
-            log.info("progress", verified=stats["verified"], target=config.target, open=stats["open_items"],
-                     **{f"llm_{k}": v for k, v in llm.statistics().items()})
+            llm_stats = llm.statistics()
+            snapshot = ProgressSnapshot(
+                elapsed_s=time.monotonic() - started, target=config.target, verified=stats["verified"],
+                verified_at_start=pipeline.summary.verified_before, counts_by_state=await records.counts(),
+                questions_settled=stats["settled_this_run"], attempts_judged=stats["attempts_judged"],
+                attempts_passed=stats["attempts_passed"], llm_in_flight=llm_stats["in_flight"],
+                llm_waiting=llm_stats["waiting"], llm_concurrency=config.concurrency, llm_calls=llm_stats["calls"],
+                llm_cache_hits=llm_stats["cache_hits"], llm_retries=llm_stats["retries"], tokens=llm_stats["tokens"],
+                cost_usd=llm.cost_usd, sandbox_busy=stats["actors"]["judge"]["busy"] + stats["actors"]["rewriter"]["busy"],
+                sandbox_workers=getattr(sandbox, "workers", 0), rewrites_done=stats["rewrites_done"],
+                stopping=stats["stopping"])
+            view.update(snapshot)
+            log.debug("progress", verified=stats["verified"], target=config.target, open=stats["open_items"],
+                      **{f"llm_{k}": v for k, v in llm_stats.items()})
 
         status = "interrupted"
         with anyio.CancelScope() as run_scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, pipeline, run_scope, config.grace_s, log)
-                await pipeline.run(on_tick=tick)
+                try:
+                    await pipeline.run(on_tick=tick, tick_s=1.0 if live else 10.0)
+                finally:
+                    view.close()
                 status = "completed"
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):

@@ -173,7 +173,7 @@ def resolve_events_path(path: Path | None) -> Path:
     """An events file, a run directory, or a store path (its directory holds the events file)."""
     if path is None:
         return DEFAULT_PATH
-    if path.is_dir():
+    if path.is_dir() or (not path.exists() and not path.suffix):   # a run directory, maybe not made yet
         return path / EVENTS_FILE
     if path.suffix in (".jsonl", ".json", ".log") or path.name.startswith(EVENTS_FILE):
         return path

@@ -11,6 +11,7 @@ sandbox disagrees, with the reason: environment-dependent rows and fake passes b
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import json
 import math
@@ -109,9 +110,10 @@ class Summary:
         if record.get("recorded") is not None:
             self.with_recorded += 1
         if record.get("disagrees"):
-            self.disagreements.append({"id": record["id"], "recorded": record["recorded"],
-                                       "verdict": record["verdict"], "reason": record.get("reason"),
-                                       "likely": _likely_cause(record)})
+            entry = {"id": record["id"], "index": record.get("index", -1), "recorded": record["recorded"],
+                     "verdict": record["verdict"], "reason": record.get("reason"), "likely": _likely_cause(record)}
+            # Rows finish out of order; the list keeps input order.
+            bisect.insort(self.disagreements, entry, key=lambda d: d["index"])
 
     def as_dict(self) -> dict[str, Any]:
         return {"selected": self.selected, "resumed": self.resumed, "verdicts": dict(self.verdicts),

@@ -112,6 +112,9 @@ CATALOGUE: tuple[Problem, ...] = (
             (("[1, 3], [2, 4]", "[1, 2, 3, 4]"), ("[], [1]", "[1]"))),
 )
 
+PROPOSE_KINDS = ("propose_prefill", "propose_from_seeds", "propose_free", "propose_from_snippet",
+                 "propose_from_docs", "propose_evolve")
+
 _BY_QUESTION = {problem.question: problem for problem in CATALOGUE}
 
 
@@ -169,9 +172,18 @@ class FakeCoder:
     def kind(self, request: ScriptedRequest) -> str:
         text = request.text
         if request.endpoint == "completions":
-            return "propose_prefill"
+            # Plain Magpie (Filter) opens an empty user turn; prefill puts a prefix after it.
+            return "propose_free" if text.endswith("<|im_start|>user\n") else "propose_prefill"
         if "[Question 1]:" in text:
             return "propose_from_seeds"
+        if "<|Analysis Begin|>" in text and "## Snippet" in text:
+            return "propose_from_snippet"
+        if "BAD_DOCUMENT" in text:
+            return "propose_from_docs"
+        if "into a more difficult version" in text:
+            return "propose_evolve"
+        if '"input_quality"' in text:
+            return "tag"
         if "<|Solution Begin|>" in text:
             return "joint"
         if "Convert the coding question below into a Python code completion task" in text:
@@ -190,8 +202,11 @@ class FakeCoder:
             self.kinds[kind] += 1
         if self.on_request is not None:
             self.on_request(kind, request)
-        if kind in ("propose_prefill", "propose_from_seeds"):
+        if kind in PROPOSE_KINDS:
             return self._propose(request, kind)
+        if kind == "tag":
+            return ('{"explanation": "A clear function task.", "input_quality": "good", '
+                    '"task_category": "Function Generation"}')
         problem = problem_for(request.user)
         if problem is None:
             return "I cannot help with that."
@@ -234,4 +249,10 @@ class FakeCoder:
         if kind == "propose_prefill":
             prefix = "Write a python function to"
             return " " + problem.question.removeprefix(prefix).strip() + "\nextra line that the stop string cuts"
+        if kind == "propose_free":
+            return f"{problem.question}\nextra line that the stop string cuts"
+        if kind in ("propose_from_snippet", "propose_from_docs", "propose_evolve"):
+            analysis = "<|Analysis Begin|>\nCore idea: a loop; O(n) time.\n<|Analysis End|>\n" \
+                if kind == "propose_from_snippet" else ""
+            return f"{analysis}<|Question Begin|>\n{problem.question}\n<|Question End|>"
         return f"{problem.question}\n\n[Question 3]: another one"

@@ -20,6 +20,11 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE_NAMES = (
     "propose_prefill",
     "propose_from_seeds",
+    "propose_from_snippet",
+    "propose_from_docs",
+    "propose_evolve",
+    "propose_free",
+    "tag_question",
     "solve",
     "test_split",
     "solve_and_test_joint",

@@ -249,6 +249,8 @@ class LLMClient:
         self.retries = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.concurrency = concurrency
 
     def statistics(self) -> dict[str, int]:
         stats = self._limiter.statistics()
@@ -281,6 +283,7 @@ class LLMClient:
         self.calls += 1
         self.prompt_tokens += response.prompt_tokens
         self.completion_tokens += response.completion_tokens
+        self.cost_usd += response.cost_usd
         # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
         if self._recorder is not None:
             await self._recorder.record_call(request, response)

@@ -93,6 +93,10 @@ class Pipeline:
         self._verified = 0
         self._settled = 0
         self._verified_settled = 0
+        self._settled_at_start = 0
+        self.attempts_judged = 0
+        self.attempts_passed = 0
+        self.rewrites_done = 0
         self._stop_reason: str | None = None
         self._drained = anyio.Event()
         self._supply_wakeup = anyio.Event()
@@ -162,6 +166,7 @@ class Pipeline:
 
     async def _rewrite(self, task: RewriteTask) -> None:
         question = await self._guard(self._rewriter.handle(task))
+        self.rewrites_done += 1
         if question is not None:
             await self._sample_responses(task.item_id, task.style, question, task.solution, task.tests, task.entry_point)
 
@@ -215,6 +220,8 @@ class Pipeline:
     async def on_result(self, result: AttemptResult) -> None:
         """The scheduler's turn after every attempt: another attempt, or settle the item."""
         records = self.ctx.records
+        self.attempts_judged += 1
+        self.attempts_passed += int(result.passed)
         history = await records.pass_history(result.item_id)
         decision = self.policy.decide(history)
         attempts = len(history)
@@ -289,6 +296,7 @@ class Pipeline:
         records = self.ctx.records
         self._verified = await records.verified_count()
         self._verified_settled, self._settled = await records.yield_so_far()
+        self._settled_at_start = self._settled
         self.summary.verified_before = self._verified
         state = await records.resume_state(tuple(self.config.styles))
         mode = self.config.effective_mode
@@ -353,6 +361,11 @@ class Pipeline:
 
     def statistics(self) -> dict[str, Any]:
         return {
+            "stopping": self._stop_reason,
+            "settled_this_run": self._settled - self._settled_at_start,
+            "attempts_judged": self.attempts_judged,
+            "attempts_passed": self.attempts_passed,
+            "rewrites_done": self.rewrites_done,
             "open_items": self._open_items,
             "in_flight": self._in_flight,
             "verified": self._verified,

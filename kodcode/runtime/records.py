@@ -116,13 +116,16 @@ class Records:
             (tests, solution, entry_point, dumps(lineage), now(), item_id, attempt),
         )])
 
-    async def save_verdict(self, item_id: str, attempt: int, verdict: Verdict) -> None:
+    async def save_verdict(self, item_id: str, attempt: int, verdict: Verdict, *,
+                           gates: dict[str, Any] | None = None, mutation_score: float | None = None) -> None:
+        """The trial's verdict; `gates` (the Judge's quality gates, when they ran) may have overruled a pass,
+        so `verdict.passed`/`reason` here are the final ones and `gates["tests_passed"]` the sandbox's."""
         outcomes = [{"name": t.name, "outcome": t.outcome, "message": t.message} for t in verdict.tests]
         await self.store.write([(
             "UPDATE attempts SET state='judged', passed=?, reason=?, test_results=?, coverage=?, duration_s=?,"
-            " updated_at=? WHERE item_id=? AND attempt=?",
-            (int(verdict.passed), verdict.reason, dumps(outcomes), verdict.coverage, verdict.duration_s, now(),
-             item_id, attempt),
+            " gates=?, mutation_score=?, updated_at=? WHERE item_id=? AND attempt=?",
+            (int(verdict.passed), verdict.reason, dumps(outcomes), verdict.coverage, verdict.duration_s,
+             None if gates is None else dumps(gates), mutation_score, now(), item_id, attempt),
         )])
 
     async def fail_attempt(self, item_id: str, attempt: int, reason: str, *, role: str | None = None,

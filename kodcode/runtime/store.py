@@ -25,7 +25,7 @@ from kodcode.errors import SchemaError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 Op = tuple[str, Sequence[Any]]
 
@@ -131,6 +131,10 @@ _MIGRATIONS: dict[int, str] = {
         lineage TEXT NOT NULL DEFAULT '{}',
         created_at REAL NOT NULL,
         PRIMARY KEY(item_id, style, sample));
+    """,
+    3: """
+    ALTER TABLE attempts ADD COLUMN mutation_score REAL;
+    ALTER TABLE attempts ADD COLUMN gates TEXT;
     """,
 }
 

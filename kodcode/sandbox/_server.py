@@ -22,6 +22,7 @@ __all__ = ["main"]
 
 SCRATCH_DIRS: list[str] = []
 ISOLATED = False
+WINDOWS: CoverageWindows
 REPORT_CAP = 4 << 20
 PR_SET_DUMPABLE = 4
 
@@ -36,15 +37,18 @@ def preimport() -> None:
 
     names = [f"_pytest.{name}" for name in _pytest.config.default_plugins]
     for name in [*names, "_pytest.assertion.rewrite", "_pytest.assertion.util", "_pytest.raises",
-                 "_pytest.approx", "coverage.control", "coverage.collector"]:
+                 "_pytest.approx", "coverage.control", "coverage.collector", "coverage.parser",
+                 "coverage.python", "coverage.results"]:
         try:
             __import__(name)
         except ImportError:
             pass
-    import gc
+    import coverage.collector
 
-    gc.collect()
-    gc.freeze()
+    # Every Collector records inspect.stack() for debug messages only; that reads the source of every
+    # frame and walks sys.modules, a third of a task's coverage cost.
+    if hasattr(coverage.collector, "short_stack"):
+        coverage.collector.short_stack = lambda *args, **kwargs: ""
 
 
 def drop_privileges(uid: int, gid: int) -> None:
@@ -56,13 +60,48 @@ def drop_privileges(uid: int, gid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
+class CoverageWindows:
+    """Line coverage of solution.py, measured only while pytest may run its code.
+
+    Its code runs only while the test module is collected (imported) and while a test's setup, call
+    and teardown run; tracing pytest's own machinery in between would double a task's run time.
+    One Coverage object is created (and its tracer's per-file cache filled) in the server, so each
+    child only starts and stops it. Windows nest (collectors collect inside collectors).
+    """
+
+    def __init__(self, solution_path: str) -> None:
+        import coverage
+
+        self.path = solution_path
+        self.cov = coverage.Coverage(data_file=None, include=[solution_path], config_file=False)
+        self.depth = 0
+
+    def open(self) -> None:
+        self.depth += 1
+        if self.depth == 1:
+            self.cov.start()
+
+    def close(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            self.cov.stop()
+
+    def percent(self) -> float | None:
+        try:
+            _, statements, _, missing, _ = self.cov.analysis2(self.path)
+        except Exception:
+            return None
+        return 100.0 * (len(statements) - len(missing)) / len(statements) if statements else 100.0
+
+
 class Recorder:
     """A pytest plugin recording each test's phases from the hook calls themselves (not from reports)."""
 
-    def __init__(self, fd: int, nonce: str, per_test_s: float) -> None:
+    def __init__(self, fd: int, nonce: str, per_test_s: float, cov) -> None:
         self.fd = fd
         self.nonce = nonce
         self.per_test_s = per_test_s
+        self.cov = cov
         self.phases: dict[str, str | None] = {}
 
     def emit(self, record: dict) -> None:
@@ -76,11 +115,14 @@ class Recorder:
 
         @pytest.hookimpl(wrapper=True, tryfirst=True)
         def hook(item):
+            self.cov.open()
             try:
                 result = yield
             except BaseException as exc:
                 self.phases[name] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 raise
+            finally:
+                self.cov.close()
             self.phases[name] = None
             return result
 
@@ -97,6 +139,7 @@ class Recorder:
 
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_call(self, item):
+                plugin.cov.open()
                 signal.setitimer(signal.ITIMER_REAL, plugin.per_test_s)
                 try:
                     result = yield
@@ -105,8 +148,18 @@ class Recorder:
                     raise
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
+                    plugin.cov.close()
                 plugin.phases["call"] = None
                 return result
+
+            @pytest.hookimpl(wrapper=True, tryfirst=True)
+            def pytest_make_collect_report(self, collector):
+                # Collecting the test module imports it, and so runs solution.py's module level.
+                plugin.cov.open()
+                try:
+                    return (yield)
+                finally:
+                    plugin.cov.close()
 
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_protocol(self, item, nextitem):
@@ -167,13 +220,10 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
-    workdir = f"{SCRATCH_DIRS[0]}/task-{req['id']}"
+    workdir = f"{SCRATCH_DIRS[0]}/task"
     os.mkdir(workdir, 0o700)
     os.chdir(workdir)
-    for name, text in (("solution.py", req["solution"]), ("test_solution.py", req["tests"]),
-                       ("pytest.ini", "[pytest]\n")):
-        with open(name, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    write_task_files(req["solution"], req["tests"])
 
     devnull = os.open("/dev/null", os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -184,30 +234,118 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
     sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
     sys.stderr = sys.stdout
     sys.stdin = open(0, encoding="utf-8", closefd=False)
-    sys.dont_write_bytecode = True
 
-    import coverage
+    recorder = Recorder(3, req["nonce"], float(limits["per_test_s"]), WINDOWS)
+    exit_code = run_pytest(workdir, recorder)
+    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})
+    sys.stdout.flush()
+
+
+def write_task_files(solution: str, tests: str) -> None:
+    for name, text in (("solution.py", solution), ("test_solution.py", tests), ("pytest.ini", "[pytest]\n")):
+        with open(name, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+
+def run_pytest(workdir: str, recorder: Recorder) -> int:
     import pytest
 
-    recorder = Recorder(3, req["nonce"], float(limits["per_test_s"]))
-    cov = coverage.Coverage(data_file=None, include=[f"{workdir}/solution.py"], config_file=False)
-    cov.start()
+    return pytest.main(
+        [f"{workdir}/test_solution.py", "-q", "-p", "no:cacheprovider", "--rootdir", workdir,
+         "-c", f"{workdir}/pytest.ini", "--no-header", "-W", "ignore::pytest.PytestWarning"],
+        plugins=[recorder],
+    )
+
+
+WARM_UP_SOLUTION = """
+from dataclasses import dataclass
+
+
+@dataclass
+class Pair:
+    a: int
+    b: int
+
+
+def add(a, b):
+    if a < 0:
+        raise ValueError("negative")
+    return a + b
+"""
+
+WARM_UP_TESTS = """
+import pytest
+from solution import *
+from solution import Pair, add
+
+
+@pytest.fixture
+def two():
+    return 2
+
+
+def test_add(two, tmp_path, capsys, monkeypatch):
+    print("out")
+    assert add(two, 3) == 5 and capsys.readouterr().out == "out\\n"
+
+
+@pytest.mark.parametrize("a, b", [(1, 2), (2, 3)])
+def test_param(a, b):
+    assert add(a, b) == pytest.approx(a + b)
+
+
+class TestGroup:
+    def test_raises(self):
+        with pytest.raises(ValueError):
+            add(-1, 1)
+
+    def test_fails(self):
+        assert Pair(1, 2) == Pair(1, 3)
+"""
+
+
+def warm_up() -> None:
+    """Run pytest once on trusted files, in this process, so every child starts warm.
+
+    That leaves pytest's lazy imports done, its regexes compiled and coverage's per-file tracing
+    decisions cached (the warm-up files are not measured), which is over a third of a cold child's
+    time. Everything the run changes that a child could notice (fds, cwd, sys.path, the imported
+    warm-up modules) is put back.
+    """
+    import linecache
+
+    workdir = f"{SCRATCH_DIRS[0]}/warm-up"
+    os.mkdir(workdir, 0o700)
+    saved_fds = [os.dup(fd) for fd in (0, 1, 2)]
+    saved_streams = (sys.stdin, sys.stdout, sys.stderr)
+    saved_path, saved_cwd = list(sys.path), os.getcwd()
+    saved_alarm = signal.signal(signal.SIGALRM, on_alarm)
+    devnull = os.open("/dev/null", os.O_RDWR)
     try:
-        exit_code = pytest.main(
-            [f"{workdir}/test_solution.py", "-q", "-p", "no:cacheprovider", "--rootdir", workdir,
-             "-c", f"{workdir}/pytest.ini", "--no-header", "-W", "ignore::pytest.PytestWarning"],
-            plugins=[recorder],
-        )
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        sys.stdout = sys.stderr = open(1, "w", encoding="utf-8", closefd=False)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)
+        os.chdir(workdir)
+        write_task_files(WARM_UP_SOLUTION, WARM_UP_TESTS)
+        run_pytest(workdir, Recorder(devnull, "warm-up", 60.0, WINDOWS))
+        CoverageWindows(f"{workdir}/solution.py").percent()  # compiles the source parser's regexes
     finally:
-        cov.stop()
-    percent = None
-    try:
-        _, statements, _, missing, _ = cov.analysis2(f"{workdir}/solution.py")
-        percent = 100.0 * (len(statements) - len(missing)) / len(statements) if statements else 100.0
-    except Exception:
-        pass
-    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": percent})
-    sys.stdout.flush()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved_alarm)
+        for fd, saved in zip((0, 1, 2), saved_fds):
+            os.dup2(saved, fd)
+            os.close(saved)
+        os.close(devnull)
+        sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(workdir + "/"):
+                del sys.modules[name]
+        for key in [k for k in sys.path_importer_cache if str(k).startswith(workdir)]:
+            del sys.path_importer_cache[key]
+        linecache.clearcache()
 
 
 def wipe_scratch() -> None:
@@ -348,7 +486,7 @@ def run_task(req: dict) -> dict:
 
 
 def main() -> None:
-    global ISOLATED
+    global ISOLATED, WINDOWS
     uid, gid = int(sys.argv[1]), int(sys.argv[2])
     SCRATCH_DIRS.append(sys.argv[3])
     ISOLATED = sys.argv[4] == "1"
@@ -358,7 +496,15 @@ def main() -> None:
     drop_privileges(uid, gid)
     os.environ.pop("PYTEST_ADDOPTS", None)
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    sys.dont_write_bytecode = True
     wipe_scratch()
+    WINDOWS = CoverageWindows(f"{SCRATCH_DIRS[0]}/task/solution.py")
+    warm_up()
+    wipe_scratch()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # shared copy-on-write by every child; the child's collector skips it
     requests = sys.stdin.buffer
     answers = sys.stdout.buffer
     answers.write(json.dumps({"ready": True, "uid": os.getuid()}).encode() + b"\n")

@@ -7,7 +7,7 @@ import random
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kodcode.messages import ProposeTask
-from kodcode.parsing import clean_question
+from kodcode.parsing import ParseFailure, clean_question
 from kodcode.sources.base import ask, chatml_prefill, first_line
 
 if TYPE_CHECKING:
@@ -33,4 +33,7 @@ class PrefillSource:
                                       stop=("\n", "<|im_end|>"))
         lineage["proposer"] = response.lineage(request)
         lineage["prefix"] = task.prefix
-        return clean_question(f"{task.prefix} {first_line(response.text)}")
+        completion = first_line(response.text)
+        if not completion:
+            raise ParseFailure("empty prefill completion")
+        return clean_question(f"{task.prefix} {completion}")

@@ -1,0 +1,38 @@
+"""Question sources (the KodCode paper's subsets) and their mix; see `mix.SourceMix`."""
+
+from kodcode.sources.base import QuestionSource, chatml_prefill
+from kodcode.sources.docs import DEFAULT_DOC_MODULES, DocIndex, DocSource, Document
+from kodcode.sources.evol import EVOLVE_METHODS, EvolSource, VerifiedPool, VerifiedProvider
+from kodcode.sources.filter import QUALITIES, TASK_CATEGORIES, FilterSource, parse_tags
+from kodcode.sources.mix import SOURCE_TYPES, SourceMix, source_type
+from kodcode.sources.prefill import PrefillSource
+from kodcode.sources.seeds import Seed, SeedSource, load_seeds
+from kodcode.sources.snippets import Snippet, SnippetIndex, SnippetSource, default_snippets_dir
+
+__all__ = [
+    "DEFAULT_DOC_MODULES",
+    "EVOLVE_METHODS",
+    "QUALITIES",
+    "SOURCE_TYPES",
+    "TASK_CATEGORIES",
+    "DocIndex",
+    "DocSource",
+    "Document",
+    "EvolSource",
+    "FilterSource",
+    "PrefillSource",
+    "QuestionSource",
+    "Seed",
+    "SeedSource",
+    "Snippet",
+    "SnippetIndex",
+    "SnippetSource",
+    "SourceMix",
+    "VerifiedPool",
+    "VerifiedProvider",
+    "chatml_prefill",
+    "default_snippets_dir",
+    "load_seeds",
+    "parse_tags",
+    "source_type",
+]
