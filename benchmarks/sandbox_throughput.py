@@ -1,7 +1,10 @@
 """HumanEval triplets per second: KodCode's harness (one `timeout 30 pytest --cov=solution` per trial,
 `parallel -j nproc`) against kodcode's fork-server sandbox with bubblewrap isolation, side by side.
 
-    .venv/bin/python benchmarks/sandbox_throughput.py [--limit N]
+    .venv/bin/python benchmarks/sandbox_throughput.py [--limit N] [--rounds R]
+
+Each round runs both sides on the same triplets, alternating which goes first, because the machine
+may be shared: compare the ratios of one round, not absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 
@@ -23,16 +27,30 @@ from kodcode.sandbox.humaneval import HumanEvalTriplet, humaneval_triplets
 
 __all__ = ["main"]
 
+# KodCode's run_test.sh, `timeout --kill-after=5s 30 pytest --rootdir=. --cov=solution --cov-report term`,
+# run in each trial directory by `parallel -j $(nproc)`.
+_PAPER_TIMEOUT = ["timeout", "--kill-after=5s", "30"]
+_PAPER_PYTEST_ARGS = ["--rootdir=.", "--cov=solution", "--cov-report", "term"]
+
+
+class Side(NamedTuple):
+    passed: list[bool]
+    latencies: list[float]
+    wall_s: float
+    startup_s: float = 0.0
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_paper_harness(triplets: list[HumanEvalTriplet]) -> tuple[list[bool], list[float], float]:
+def run_paper_harness(triplets: list[HumanEvalTriplet]) -> Side:
     """What run_test.sh does per trial: a fresh dir and `timeout 30 pytest --cov=solution`, rc 0 = pass."""
     root = Path(tempfile.mkdtemp(prefix="kodcode-paper-"))
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_DISABLE_PLUGIN_AUTOLOAD"}
+    # The venv's pytest script, as `pytest` on PATH would be inside KodCode's test environment.
+    command = [*_PAPER_TIMEOUT, str(Path(sys.executable).parent / "pytest"), *_PAPER_PYTEST_ARGS]
 
     def one(index: int) -> tuple[bool, float]:
         trial = root / f"trial-{index}"
@@ -40,9 +58,7 @@ def run_paper_harness(triplets: list[HumanEvalTriplet]) -> tuple[list[bool], lis
         (trial / "solution.py").write_text(triplets[index].solution)
         (trial / "test_solution.py").write_text(triplets[index].tests)
         started = time.monotonic()
-        done = subprocess.run(["timeout", "--kill-after=5s", "30", sys.executable, "-m", "pytest",
-                               "--cov=solution", "test_solution.py"],
-                              cwd=trial, env=env, capture_output=True)
+        done = subprocess.run(command, cwd=trial, env=env, capture_output=True)
         return done.returncode == 0, time.monotonic() - started
 
     started = time.monotonic()
@@ -50,12 +66,13 @@ def run_paper_harness(triplets: list[HumanEvalTriplet]) -> tuple[list[bool], lis
         results = list(pool.map(one, range(len(triplets))))
     elapsed = time.monotonic() - started
     subprocess.run(["rm", "-rf", str(root)], check=False)
-    return [r[0] for r in results], [r[1] for r in results], elapsed
+    return Side([r[0] for r in results], [r[1] for r in results], elapsed)
 
 
-async def run_sandbox(triplets: list[HumanEvalTriplet]) -> tuple[list[bool], list[float], float]:
+async def run_sandbox(triplets: list[HumanEvalTriplet]) -> Side:
     passed: list[bool] = [False] * len(triplets)
     latencies: list[float] = [0.0] * len(triplets)
+    opened = time.monotonic()
     async with open_sandbox(isolation=True) as sb:
         async def one(index: int) -> None:
             t0 = time.monotonic()
@@ -67,25 +84,42 @@ async def run_sandbox(triplets: list[HumanEvalTriplet]) -> tuple[list[bool], lis
             for index in range(len(triplets)):
                 tg.start_soon(one, index)
         elapsed = time.monotonic() - started
-    return passed, latencies, elapsed
+    return Side(passed, latencies, elapsed, started - opened)
+
+
+def _line(label: str, side: Side) -> str:
+    n = len(side.passed)
+    return (f"  {label:40s} {n / side.wall_s:7.2f} triplets/s  p50 {_percentile(side.latencies, 0.5) * 1000:6.0f} ms  "
+            f"p99 {_percentile(side.latencies, 0.99) * 1000:6.0f} ms  passed {sum(side.passed)}/{n}  "
+            f"wall {side.wall_s:.1f} s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="run only the first N HumanEval problems")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat both sides, alternating their order")
     args = parser.parse_args()
     triplets = humaneval_triplets()[: args.limit]
     n = len(triplets)
-    print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs")
-    paper_pass, paper_lat, paper_s = run_paper_harness(triplets)
-    box_pass, box_lat, box_s = anyio.run(run_sandbox, triplets)
-    for label, passed, lat, secs in (("paper harness (pytest --cov per trial)", paper_pass, paper_lat, paper_s),
-                                     ("kodcode sandbox (bwrap + fork server)", box_pass, box_lat, box_s)):
-        print(f"{label:42s} {n / secs:7.2f} triplets/s  p50 {_percentile(lat, 0.5) * 1000:7.0f} ms  "
-              f"p99 {_percentile(lat, 0.99) * 1000:7.0f} ms  passed {sum(passed)}/{n}  wall {secs:.1f} s")
-    # Latency under a saturated queue includes waiting for a free server; the per-task cost is wall/n*workers.
-    print(f"speed-up: {paper_s / box_s:.1f}x")
-    print(f"identical verdicts: {paper_pass == box_pass}")
+    print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs, {args.rounds} round(s)")
+    ratios: list[float] = []
+    identical = True
+    for round_index in range(args.rounds):
+        sides: dict[str, Side] = {}
+        order = ("paper", "sandbox") if round_index % 2 == 0 else ("sandbox", "paper")
+        for name in order:
+            sides[name] = run_paper_harness(triplets) if name == "paper" else anyio.run(run_sandbox, triplets)
+        paper, box = sides["paper"], sides["sandbox"]
+        ratios.append(paper.wall_s / box.wall_s)
+        identical = identical and paper.passed == box.passed
+        print(f"round {round_index + 1} ({' then '.join(order)}):")
+        print(_line("paper harness (pytest --cov per trial)", paper))
+        # Latency under a saturated queue includes waiting for a free server.
+        print(_line("kodcode sandbox (bwrap + fork server)", box) + f"  (+{box.startup_s:.1f} s pool start)")
+        print(f"  speed-up: {ratios[-1]:.1f}x   identical verdicts: {paper.passed == box.passed}")
+    if args.rounds > 1:
+        print(f"speed-up per round: {', '.join(f'{r:.1f}x' for r in ratios)}; median {statistics.median(ratios):.1f}x")
+    print(f"identical verdicts in every round: {identical}")
 
 
 if __name__ == "__main__":

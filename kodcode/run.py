@@ -58,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key-env", help="environment variable that holds the API key (default OPENAI_API_KEY)")
     parser.add_argument("--mode", choices=("split", "joint"),
                         help="split: solution and tests in separate calls; joint: one call (the paper's format)")
-    parser.add_argument("--seeds", type=Path, help="JSONL of seed questions for the seeds source")
+    parser.add_argument("--sources", help="question sources and weights, e.g. prefill=1,seeds=1,snippets=1,docs=1,"
+                                          "filter=1,evol=1 (default prefill=1, or seeds=1 with --seeds)")
+    parser.add_argument("--seeds", type=Path,
+                        help="seed questions: a JSONL file or a directory written by datasets.save_to_disk")
+    parser.add_argument("--seeds-field", help="text field of the seed questions (default question/text/problem)")
+    parser.add_argument("--seeds-split", help="split of a saved DatasetDict (default train)")
+    parser.add_argument("--snippets-dir", type=Path,
+                        help="directory of Python files for the snippets source (default: the standard library)")
+    parser.add_argument("--snippets-subset", choices=("Algorithm", "Data_Structure"),
+                        help="subset name recorded for snippet questions (default Algorithm)")
+    parser.add_argument("--docs-modules", help="comma-separated modules whose docstrings feed the docs source")
+    parser.add_argument("--filter-quality", help="comma-separated qualities the filter source keeps (default good,excellent)")
     parser.add_argument("--seed-subset", help="subset name recorded for seed-made questions (e.g. Leetcode)")
     parser.add_argument("--prompts", type=Path, help="directory of .j2 templates that override the packaged ones")
     parser.add_argument("--seed", type=int, help="run seed: same seed, same requests (default 0)")
@@ -81,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.embedded_model and args.base_url:
         raise ConfigError("--embedded-model and --base-url conflict: the embedded model runs only without --base-url")
-    weights = {"seeds": 1.0, "prefill": 0.0} if args.seeds else None
+    weights = _weights(args.sources) if args.sources else ({"seeds": 1.0, "prefill": 0.0} if args.seeds else None)
     return {
         "target": args.target,
         "concurrency": args.concurrency,
@@ -101,10 +112,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "roles.reasoning.model": args.reasoning_model,
         "roles.reasoning.base_url": args.reasoning_base_url,
         "sources.seeds_file": args.seeds,
+        "sources.seeds_field": args.seeds_field,
+        "sources.seeds_split": args.seeds_split,
+        "sources.snippets_dir": args.snippets_dir,
+        "sources.snippets_subset": args.snippets_subset,
+        "sources.docs_modules": _csv(args.docs_modules),
+        "sources.filter_qualities": _csv(args.filter_quality),
         "sources.subset": args.seed_subset,
         "sources.weights": weights,
         "sandbox.isolation": False if args.unsafe_no_isolation else None,
     }
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
+
+
+def _weights(spec: str) -> dict[str, float]:
+    weights: dict[str, float] = {}
+    for part in _csv(spec) or ():
+        name, _, weight = part.partition("=")
+        try:
+            weights[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"--sources {spec!r}: weight of {name!r} is not a number") from None
+    return weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +230,7 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
                 attempts_passed=stats["attempts_passed"], llm_in_flight=llm_stats["in_flight"],
                 llm_waiting=llm_stats["waiting"], llm_concurrency=config.concurrency, llm_calls=llm_stats["calls"],
                 llm_cache_hits=llm_stats["cache_hits"], llm_retries=llm_stats["retries"], tokens=llm_stats["tokens"],
-                cost_usd=llm.cost_usd, sandbox_busy=stats["actors"]["judge"]["busy"] + stats["actors"]["rewriter"]["busy"],
+                cost_usd=llm.cost_usd, sandbox_busy=min(getattr(sandbox, "workers", 0), sum(stats["actors"][a]["busy"] for a in ("judge", "rewriter", "reasoner"))),
                 sandbox_workers=getattr(sandbox, "workers", 0), rewrites_done=stats["rewrites_done"],
                 stopping=stats["stopping"])
             view.update(snapshot)

@@ -524,7 +524,8 @@ async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, 
     """The scripted model answers every source's prompt kind, and the questions flow through the pipeline."""
     coder, server = fake_coder_server()
     config = load_config(None, {"base_url": server.base_url, "target": 10, "concurrency": 4, "mode": "split",
-                                "styles": [], "sources.weights": {**ALL_WEIGHTS, "evol": 2.0},
+                                "styles": [], "gates.mutation": False,   # the stand-in sandbox passes mutants too
+                                "sources.weights": {**ALL_WEIGHTS, "evol": 2.0},
                                 "sources.seeds_file": write_seeds(tmp_path),
                                 "sources.snippets_dir": snippet_dir(tmp_path)})
     configure_logging(tmp_path / "events.jsonl", console_level="warning")

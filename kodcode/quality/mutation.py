@@ -352,6 +352,7 @@ def _inert_nodes(tree: ast.Module, entry_point: str | None) -> set[int]:
         elif isinstance(node, ast.JoinedStr):
             mark(node)                                              # f-string pieces: cosmetic, fragile to unparse
         elif isinstance(node, (ast.If, ast.While)) and _never_true(node.test):
+            mark(node.test)
             for statement in node.body:
                 mark(statement)
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
@@ -369,6 +370,7 @@ def _inert_nodes(tree: ast.Module, entry_point: str | None) -> set[int]:
                     mark(dead)
     for statement in tree.body:
         if isinstance(statement, ast.If) and _is_main_guard(statement.test):
+            mark(statement.test)
             for inner in statement.body:
                 mark(inner)
     return inert

@@ -248,6 +248,7 @@ class Pipeline:
         self._item_closed(verified=verified, counted=True)
         if verified:
             assert best is not None
+            self.sources.note_verified(result.item_id, question)
             for style in self.config.styles:
                 await self._send(self.rewriter, RewriteTask(result.item_id, style, question, best["solution"],
                                                             best["tests"], best["entry_point"]))
@@ -294,6 +295,7 @@ class Pipeline:
 
     async def _resume(self) -> None:
         records = self.ctx.records
+        await self.sources.load_verified(records)
         self._verified = await records.verified_count()
         self._verified_settled, self._settled = await records.yield_so_far()
         self._settled_at_start = self._settled
@@ -308,7 +310,7 @@ class Pipeline:
                                                        row["solution"], row["tests"], row["entry_point"]))
         for task in state.proposing:
             self._open_items += 1
-            await self._send(self.proposer, self.sources.task_for(task.seq))
+            await self._send(self.proposer, self.sources.restore(task))
         for item in state.open_items:
             self._open_items += 1
             self._questions[item.item_id] = item.question
