@@ -183,7 +183,24 @@ def _base_row(item: sqlite3.Row, attempts: list[sqlite3.Row], chosen: sqlite3.Ro
             "models": models,
             "prompt_hashes": prompts,
             "coverage": chosen["coverage"],
+            "gates": _gates(chosen),
         },
+    }
+
+
+def _gates(attempt: sqlite3.Row) -> dict[str, Any] | None:
+    """The quality gates' outcome for the chosen trial (mutation score, vacuous tests, cross-check)."""
+    keys = attempt.keys()
+    if "gates" not in keys or attempt["gates"] is None:
+        return None
+    gates = json.loads(attempt["gates"])
+    mutation = gates.get("mutation") or {}
+    return {
+        "mutation_score": attempt["mutation_score"],
+        "mutants_killed": mutation.get("killed"),
+        "mutants_run": mutation.get("run"),
+        "vacuous_tests": (gates.get("vacuous") or {}).get("vacuous"),
+        "cross_check_agreed": (gates.get("cross_check") or {}).get("agreed"),
     }
 
 

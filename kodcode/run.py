@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="responses per verified question from the reasoning role, kept only if they pass (default 0: off)")
     parser.add_argument("--reasoning-model", help="model for the reasoning role (default: --model)")
     parser.add_argument("--reasoning-base-url", help="endpoint for the reasoning role (default: --base-url)")
+    parser.add_argument("--no-mutation-gate", action="store_true",
+                        help="accept trials without checking that their tests kill mutants of the solution")
+    parser.add_argument("--mutation-threshold", type=float,
+                        help="share of mutants the tests must kill for a trial to count as verified (default 0.5)")
+    parser.add_argument("--max-mutants", type=int, help="mutants run per passing trial at most (default 6)")
+    parser.add_argument("--cross-check", action="store_true",
+                        help="a second, independent solution must also pass a trial's tests")
+    parser.add_argument("--vacuous", choices=("flag", "reject"),
+                        help="vacuous tests: flag them, or reject trials that have any (default flag)")
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
@@ -108,6 +117,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "budget_usd": args.budget_usd,
         "embedded_variant": args.embedded_model,
         "grace_s": args.grace,
+        "gates.mutation": False if args.no_mutation_gate else None,
+        "gates.mutation_threshold": args.mutation_threshold,
+        "gates.max_mutants": args.max_mutants,
+        "gates.cross_check": True if args.cross_check else None,
+        "gates.vacuous": args.vacuous,
         "reasoning_samples": args.reasoning_samples,
         "roles.reasoning.model": args.reasoning_model,
         "roles.reasoning.base_url": args.reasoning_base_url,

@@ -44,7 +44,7 @@ async def test_slow_judge_bounds_items_in_flight(fake_coder_server, tmp_path: Pa
     _coder, server = fake_coder_server()
     concurrency = 4
     config = load_config(None, {"base_url": server.base_url, "target": 12, "concurrency": concurrency,
-                                "mode": "split", "styles": []})
+                                "mode": "split", "styles": [], "gates": {"mutation": False}})
     configure_logging(tmp_path / "events.jsonl", console_level="warning")
     store = await Store.open(tmp_path / "kc.db")
     records = Records(store)

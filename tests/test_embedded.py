@@ -569,3 +569,26 @@ def test_sigkilled_parent_leaves_no_real_server(real_server_available: None, tmp
 
     assert wait_until_dead(server_pid)
     assert server_pids(Path(override) if override else binary) == []
+
+
+def test_server_environment_makes_openmp_threads_wait_passively(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "2")  # would silently override our flags in the server
+
+    resolved, env = embedded._resolve_binary(binary)
+
+    assert resolved == binary
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "LLAMA_ARG_CTX_SIZE" not in env
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert embedded._resolve_binary(binary)[1]["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_sampling_presets_become_openai_request_fields() -> None:
+    assert embedded.CODE_SAMPLING.as_request_kwargs() == {
+        "temperature": 0.3, "top_p": 0.9, "max_tokens": 768, "stop": ["<|im_end|>"]
+    }
+    assert embedded.QUESTION_SAMPLING.as_request_kwargs()["stop"] == ["<|im_end|>", "<|im_start|>"]

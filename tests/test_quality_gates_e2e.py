@@ -73,3 +73,24 @@ def test_self_verification_benchmark_runs_scripted() -> None:
     assert lines["with mutation gate"][-4:] == ["5", "5", "1.000", "0.833"]
     assert "gate cost: 1 question(s)" in result.stdout
     assert "mutation scores of trials that passed their own tests: n=" in result.stdout
+
+
+def test_cross_check_samples_an_independent_solution(fake_coder_server, run_dir: Path) -> None:
+    from fake_coder import CATALOGUE
+
+    problems = tuple(p for p in CATALOGUE if p.name in STRONG)
+    coder, server = fake_coder_server(problems=problems)
+    config = run_dir / "kodcode.toml"
+    config.write_text("[gates]\ncross_check = true\nvacuous = \"reject\"\n")
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--config", str(config), "--base-url", server.base_url, "--target", "1",
+                         "--concurrency", "1", "--mode", "joint", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    rows = query(db, "SELECT passed, gates FROM attempts WHERE gates IS NOT NULL")
+    assert rows
+    for passed, gates_json in rows:
+        cross_check = json.loads(gates_json)["cross_check"]
+        # Joint mode makes no "solve" calls of its own: each one is the Judge's cross-check.
+        assert cross_check["agreed"] is True and passed == 1
+        assert "def " in cross_check["solution"]
+    assert coder.kinds["solve"] == len(rows) and coder.kinds["joint"] >= len(rows)

@@ -154,3 +154,77 @@ async def test_humaneval_canonical_pass_and_planted_bugs_fail() -> None:
                 tg.start_soon(one, t.task_id, plant_bug(t.solution, t.entry_point), t.tests, True)
     assert [k for k, passed in verdicts.items() if not k[1] and not passed] == []
     assert [k for k, passed in verdicts.items() if k[1] and passed] == []
+
+
+COVERAGE_SOLUTION = '''
+LOADED = True
+
+
+def for_fixture():
+    return 2
+
+
+def for_test():
+    return 3
+
+
+def for_teardown():
+    return 5
+
+
+def never_called():
+    return 4
+'''
+
+COVERAGE_TESTS = '''
+import pytest
+from solution import for_fixture, for_teardown, for_test
+
+
+@pytest.fixture
+def value():
+    yield for_fixture()
+    for_teardown()
+
+
+def test_value(value):
+    assert value + for_test() == 5
+'''
+
+CLEAN_STATE_TESTS = '''
+import os
+import sys
+
+import solution
+
+
+def test_only_this_tasks_solution():
+    assert sorted(n for n in dir(solution) if not n.startswith("__")) == ["f"]
+    assert os.path.dirname(solution.__file__) == os.getcwd()
+
+
+def test_nothing_imported_from_elsewhere():
+    # Whatever the server ran before this task (its warm-up, earlier tasks) has left no module
+    # imported from a directory that is gone, and no such directory on sys.path.
+    modules = getattr(sys, "modules")  # spelled so the tampering screen lets this trusted test through
+    stale = [name for name, module in list(modules.items())
+             if getattr(module, "__file__", None) and not os.path.exists(module.__file__)]
+    assert stale == []
+    assert [p for p in sys.path if p and not p.endswith(".zip") and not os.path.exists(p)] == []
+'''
+
+
+@needs_bwrap
+async def test_coverage_counts_import_fixtures_test_and_teardown() -> None:
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run(COVERAGE_SOLUTION, COVERAGE_TESTS)
+    assert verdict.passed, verdict
+    # 9 statements; only never_called's body is missed.
+    assert verdict.coverage == pytest.approx(100.0 * 8 / 9)
+
+
+@needs_bwrap
+async def test_tasks_start_from_a_clean_interpreter() -> None:
+    async with open_sandbox(workers=1) as sb:
+        verdicts = [await sb.run("def f():\n    return 1\n", CLEAN_STATE_TESTS) for _ in range(2)]
+    assert all(v.passed for v in verdicts), verdicts

@@ -81,12 +81,19 @@ class SamplingPreset:
         return kwargs
 
 
-# Measured on Qwen2.5-Coder-0.5B Q4_K_M (see the embedded-llm notes and benchmarks/embedded_speed.py):
-# questions need diversity, so a high temperature; code needs to stay coherent, and greedy decoding
-# loops (repeats asserts until the limit), so a low but non-zero temperature. A token cap is the
-# backstop against runaway generations; for code, the closing of the first fenced block ends it.
-QUESTION_SAMPLING = SamplingPreset(temperature=0.8, top_p=0.95, max_tokens=256)
-CODE_SAMPLING = SamplingPreset(temperature=0.3, top_p=0.9, max_tokens=768)
+# Measured on Qwen2.5-Coder-0.5B Q4_K_M (small samples; see the report that came with this module):
+# - questions, Magpie-style (raw /v1/completions on the chat-template prefix up to "<|im_start|>user\n..."):
+#   T=0.7, 1.0 and 1.2 all gave 5/5 distinct, on-topic tasks; at 1.2 every sample ran to the token cap,
+#   and at any temperature the model may run on from the question into an answer, so the stop strings
+#   end the user turn and the cap bounds the rest. Asked through chat ("write an exercise") it refused
+#   2 of 4 times: prefer the prefill.
+# - code (one function per call, checked by running asserts): T=0 3/4 passed, T=0.3 3/4, T=0.7 2/4;
+#   none reached the cap (mean 72-109 tokens). Greedy decoding is known to loop on this family (repeated
+#   asserts until the limit), so a low non-zero temperature; the cap is the backstop.
+QUESTION_SAMPLING = SamplingPreset(
+    temperature=0.9, top_p=0.95, max_tokens=200, stop=("<|im_end|>", "<|im_start|>")
+)
+CODE_SAMPLING = SamplingPreset(temperature=0.3, top_p=0.9, max_tokens=768, stop=("<|im_end|>",))
 
 
 @dataclass(frozen=True)

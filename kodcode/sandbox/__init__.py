@@ -20,7 +20,7 @@ __all__ = [
 
 def open_sandbox(*, workers: int | None = None, isolation: bool = True, limits: Limits | None = None,
                  recycle_after: int = 500) -> ForkServerSandbox:
-    """A pool of `workers` fork servers (default: one per CPU); use as `async with open_sandbox() as sb:`.
+    """A pool of `workers` fork servers (default: one per CPU, plus one); use as `async with open_sandbox() as sb:`.
 
     Raises SandboxError when bubblewrap cannot run here, unless `isolation=False` is passed explicitly
     (then untrusted code runs unisolated and a warning is logged).

@@ -475,6 +475,7 @@ def run_task(req: dict) -> dict:
     wipe_scratch()
     return {
         "id": req["id"],
+        "dirty": os.path.lexists(f"{SCRATCH_DIRS[0]}/task"),  # the next task could not start clean
         "timed_out": timed_out,
         "exit_code": os.waitstatus_to_exitcode(status),
         "report": report.decode("utf-8", "replace"),

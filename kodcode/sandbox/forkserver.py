@@ -166,7 +166,9 @@ class ForkServerSandbox:
                 raise SandboxError(f"{reason}; pass isolation=False to run untrusted code unisolated")
         else:
             _log.warning("sandbox.unisolated", detail="running untrusted code WITHOUT bubblewrap isolation")
-        self.workers = workers or max(1, os.cpu_count() or 1)
+        # One more server than CPUs: while the host turns one server's answer into a verdict and sends
+        # it the next task, that server's CPU runs another one instead of idling.
+        self.workers = workers or max(1, os.cpu_count() or 1) + 1
         self.isolation = isolation
         self.limits = limits or Limits()
         self.recycle_after = recycle_after
@@ -241,7 +243,7 @@ class ForkServerSandbox:
             return Verdict(passed=False, reason="crashed", duration_s=time.monotonic() - started,
                            extra={"server": "died or overran"})
         verdict = decide(expected, answer, nonce)
-        anomaly = (verdict.reason in ("timeout", "crashed", "memory") or not server.alive
+        anomaly = (verdict.reason in ("timeout", "crashed", "memory") or not server.alive or answer.get("dirty")
                    or verdict.extra.get("survivors", 0) > 0)
         if anomaly or server.tasks_done >= self.recycle_after:
             await self._retire(server)
