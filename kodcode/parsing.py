@@ -15,6 +15,7 @@ __all__ = [
     "ParseFailure",
     "TestInfo",
     "clean_question",
+    "clean_tests",
     "ensure_solution_import",
     "extract_code",
     "extract_completion",
@@ -190,6 +191,37 @@ def solution_entry_point(solution: str, question: str = "") -> str:
     }
     roots = [f.name for f in functions if f.name not in called]
     return (roots or [f.name for f in functions])[-1]
+
+
+def _is_runner_statement(node: ast.stmt) -> bool:
+    """Top-level code that runs tests or prints instead of defining them (`test_x()`, `print(...)`,
+    `pytest.main()`, an `if __name__ == "__main__":` block)."""
+    if isinstance(node, ast.If):
+        test = node.test
+        return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__")
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        func = node.value.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        return name.startswith("test") or name in ("print", "main", "unittest_main")
+    return False
+
+
+def clean_tests(tests: str, entry_point: str) -> str:
+    """Drop what would make a test file lie or crash at collection: top-level calls of its own tests and
+    prints, and any definition that shadows the imported entry point (tests of a copy of the solution
+    pasted into the test file would pass whatever the real solution does)."""
+    tree = ast.parse(tests)
+    lines = tests.splitlines(keepends=True)
+    drop: list[tuple[int, int]] = []
+    for node in tree.body:
+        shadows = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == entry_point
+        if shadows or _is_runner_statement(node):
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            drop.append((start, node.end_lineno or node.lineno))
+    if not drop:
+        return tests
+    kept = [line for number, line in enumerate(lines, 1) if not any(a <= number <= b for a, b in drop)]
+    return "".join(kept)
 
 
 def ensure_solution_import(tests: str, entry_point: str) -> str:

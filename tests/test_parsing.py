@@ -247,3 +247,23 @@ def test_test_info_has_kodcodes_schema() -> None:
 def test_test_info_is_none_for_class_based_solutions() -> None:
     assert solution_test_info("class Stack:\n    def __init__(self):\n        self.items = []\n") is None
     assert solution_test_info("def make():\n    class Node:\n        pass\n    return Node()\n") is None
+
+
+def test_clean_tests_drops_self_runs_prints_and_shadowing_copies() -> None:
+    from kodcode.parsing import clean_tests
+
+    tests = (
+        "from solution import *\n"
+        "def reverse_list(lst):\n    return lst[::-1]\n\n"
+        "@pytest.fixture\ndef data():\n    return [1, 2]\n\n"
+        "def test_a(data):\n    assert reverse_list(data) == [2, 1]\n\n"
+        "test_a([1, 2])\nprint('all passed')\n"
+        "if __name__ == '__main__':\n    test_a([1, 2])\n"
+    )
+    cleaned = clean_tests(tests, "reverse_list")
+    # The pasted copy of the entry point would make the tests test themselves: it must go.
+    assert "def reverse_list" not in cleaned
+    assert "test_a([1, 2])" not in cleaned and "print(" not in cleaned and "__main__" not in cleaned
+    # Fixtures and tests stay, untouched.
+    assert "@pytest.fixture\ndef data():" in cleaned and "def test_a(data):" in cleaned
+    assert clean_tests("def test_x():\n    assert 1\n", "f") == "def test_x():\n    assert 1\n"

@@ -523,9 +523,9 @@ def test_seed_weight_without_a_seed_file() -> None:
 async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, tmp_path: Path) -> None:
     """The scripted model answers every source's prompt kind, and the questions flow through the pipeline."""
     coder, server = fake_coder_server()
-    config = load_config(None, {"base_url": server.base_url, "target": 10, "concurrency": 4, "mode": "split",
+    config = load_config(None, {"base_url": server.base_url, "target": 16, "concurrency": 4, "mode": "split",
                                 "styles": [], "gates.mutation": False,   # the stand-in sandbox passes mutants too
-                                "sources.weights": {**ALL_WEIGHTS, "evol": 2.0},
+                                "sources.weights": ALL_WEIGHTS,
                                 "sources.seeds_file": write_seeds(tmp_path),
                                 "sources.snippets_dir": snippet_dir(tmp_path)})
     configure_logging(tmp_path / "events.jsonl", console_level="warning")
@@ -543,7 +543,7 @@ async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, 
     finally:
         await llm.aclose()
         await store.aclose()
-    assert sum(row["state"] == "verified" for row in rows) >= 10
+    assert sum(row["state"] == "verified" for row in rows) >= 16
     proposed = {row["source"] for row in rows if row["state"] != "rejected"}
     assert {"prefill", "seeds", "snippets", "docs", "filter"} <= proposed
     assert coder.kinds["unknown"] == 0

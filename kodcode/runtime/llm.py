@@ -32,6 +32,7 @@ __all__ = [
     "LLMResponse",
     "LLMTransport",
     "OpenAITransport",
+    "TransientKind",
     "TransientLLMError",
     "preflight",
     "stable_seed",
@@ -122,12 +123,21 @@ class LLMResponse:
         }
 
 
-class TransientLLMError(LLMError):
-    """Worth retrying: rate limits, 5xx, timeouts, dropped connections, malformed bodies."""
+TransientKind = Literal["rate_limit", "server", "timeout", "connection", "malformed"]
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+
+class TransientLLMError(LLMError):
+    """Worth retrying: rate limits, 5xx, timeouts, dropped connections, malformed bodies.
+
+    kind and headers let an endpoint pool tell a 429 (slow down) from a dead server (eject it) and
+    learn rate limits from the error response; None / empty where the transport does not know."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, kind: TransientKind | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind
+        self.headers: Mapping[str, str] = headers or {}
 
 
 class LLMTransport(Protocol):
@@ -142,6 +152,10 @@ class CallRecorder(Protocol):
     async def cached_call(self, request: LLMRequest) -> LLMResponse | None: ...
 
     async def record_call(self, request: LLMRequest, response: LLMResponse) -> None: ...
+
+
+def _headers(response: httpx.Response | None) -> dict[str, str]:
+    return {} if response is None else {name.lower(): value for name, value in response.headers.items()}
 
 
 def _retry_after(response: httpx.Response | None) -> float | None:
@@ -165,29 +179,40 @@ class OpenAITransport:
             base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
 
     async def send(self, request: LLMRequest) -> LLMResponse:
+        response, _ = await self.send_with_headers(request)
+        return response
+
+    async def send_with_headers(self, request: LLMRequest) -> tuple[LLMResponse, Mapping[str, str]]:
+        """The response and the HTTP response headers (lower-case names), for rate-limit learning."""
         started = time.perf_counter()
         body = request.body()
         try:
             if request.endpoint == "chat":
-                reply = await self._client.chat.completions.create(**body)
+                raw = await self._client.chat.completions.with_raw_response.create(**body)
+                reply = raw.parse()
                 texts = tuple((choice.message.content or "") for choice in reply.choices)
             else:
-                reply = await self._client.completions.create(**body)
+                raw = await self._client.completions.with_raw_response.create(**body)
+                reply = raw.parse()
                 texts = tuple((choice.text or "") for choice in reply.choices)
         except openai.RateLimitError as exc:
-            raise TransientLLMError(f"429 rate limited by {self.base_url}", _retry_after(exc.response)) from exc
+            raise TransientLLMError(f"429 rate limited by {self.base_url}", _retry_after(exc.response),
+                                    kind="rate_limit", headers=_headers(exc.response)) from exc
         except openai.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409):
-                raise TransientLLMError(f"{exc.status_code} from {self.base_url}", _retry_after(exc.response)) from exc
+                raise TransientLLMError(f"{exc.status_code} from {self.base_url}", _retry_after(exc.response),
+                                        kind="server", headers=_headers(exc.response)) from exc
             raise LLMError(f"{exc.status_code} from {self.base_url}: {_short(exc.message)}") from exc
         except openai.APITimeoutError as exc:
-            raise TransientLLMError(f"timeout waiting for {self.base_url}") from exc
+            raise TransientLLMError(f"timeout waiting for {self.base_url}", kind="timeout") from exc
         except openai.APIConnectionError as exc:
-            raise TransientLLMError(f"connection to {self.base_url} failed: {_short(str(exc.__cause__ or exc))}") from exc
+            raise TransientLLMError(f"connection to {self.base_url} failed: {_short(str(exc.__cause__ or exc))}",
+                                    kind="connection") from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
-            raise TransientLLMError(f"malformed response from {self.base_url}: {_short(str(exc))}") from exc
+            raise TransientLLMError(f"malformed response from {self.base_url}: {_short(str(exc))}",
+                                    kind="malformed") from exc
         if not reply.choices:
-            raise TransientLLMError(f"empty choices from {self.base_url}")
+            raise TransientLLMError(f"empty choices from {self.base_url}", kind="malformed")
         usage = reply.usage
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else sum(len(text) // 4 for text in texts)
@@ -198,7 +223,7 @@ class OpenAITransport:
             completion_tokens=completion_tokens or 0,
             latency_s=time.perf_counter() - started,
             request_hash=request.key,
-        )
+        ), _headers(raw.http_response)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -97,11 +97,11 @@ class CoverageWindows:
 class Recorder:
     """A pytest plugin recording each test's phases from the hook calls themselves (not from reports)."""
 
-    def __init__(self, fd: int, nonce: str, per_test_s: float, cov) -> None:
+    def __init__(self, fd: int, nonce: str, per_test_s: float, windows: CoverageWindows) -> None:
         self.fd = fd
         self.nonce = nonce
         self.per_test_s = per_test_s
-        self.cov = cov
+        self.windows = windows
         self.phases: dict[str, str | None] = {}
 
     def emit(self, record: dict) -> None:
@@ -115,14 +115,14 @@ class Recorder:
 
         @pytest.hookimpl(wrapper=True, tryfirst=True)
         def hook(item):
-            self.cov.open()
+            self.windows.open()
             try:
                 result = yield
             except BaseException as exc:
                 self.phases[name] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 raise
             finally:
-                self.cov.close()
+                self.windows.close()
             self.phases[name] = None
             return result
 
@@ -139,7 +139,7 @@ class Recorder:
 
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_call(self, item):
-                plugin.cov.open()
+                plugin.windows.open()
                 signal.setitimer(signal.ITIMER_REAL, plugin.per_test_s)
                 try:
                     result = yield
@@ -148,18 +148,18 @@ class Recorder:
                     raise
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
-                    plugin.cov.close()
+                    plugin.windows.close()
                 plugin.phases["call"] = None
                 return result
 
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_make_collect_report(self, collector):
                 # Collecting the test module imports it, and so runs solution.py's module level.
-                plugin.cov.open()
+                plugin.windows.open()
                 try:
                     return (yield)
                 finally:
-                    plugin.cov.close()
+                    plugin.windows.close()
 
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_protocol(self, item, nextitem):
