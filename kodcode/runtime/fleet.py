@@ -233,6 +233,7 @@ class _Endpoint:
         self.queue_waiting: float | None = None
         self.queue_running: float | None = None
         self.deep_queue_polls = 0
+        self.plateau = math.inf          # outstanding requests when the last 429 came: probe past it slowly
 
     @property
     def capacity(self) -> int:
@@ -491,6 +492,7 @@ class EndpointPool:
         self._learn_limits(endpoint, error.headers, now)
         if error.kind == "rate_limit":
             endpoint.rate_limited += 1
+            endpoint.plateau = float(endpoint.in_flight)
             endpoint.paused_until = max(endpoint.paused_until, now + (error.retry_after if error.retry_after is not None else 1.0))
             self._decrease(endpoint, now)
         else:
@@ -509,17 +511,20 @@ class EndpointPool:
             return
         if endpoint.queue_waiting is not None and endpoint.queue_waiting > 0:
             return
-        endpoint.limit = min(endpoint.max_limit, endpoint.limit + (1.0 if endpoint.slow_start else 1.0 / endpoint.limit))
+        if endpoint.slow_start:
+            step = 1.0                       # doubles per round trip
+        elif endpoint.limit + 1 <= endpoint.plateau:
+            step = 1.0 / endpoint.limit      # +1 per round trip
+        else:
+            step = 0.1 / endpoint.limit      # near where the server said 429 last time: +1 per 10 round trips
+        endpoint.limit = min(endpoint.max_limit, endpoint.limit + step)
 
-    def _decrease(self, endpoint: _Endpoint, now: float, *, target: float | None = None) -> None:
+    def _decrease(self, endpoint: _Endpoint, now: float) -> None:
         # One cut per round trip: the requests already in flight when the first 429 came were sent
         # under the old limit, and their failures say nothing new.
         if now - endpoint.last_decrease < endpoint.round_trip_s():
             return
-        new = endpoint.limit * self._decrease_factor
-        if target is not None:
-            new = min(new, target)
-        endpoint.limit = max(1.0, new)
+        endpoint.limit = max(1.0, endpoint.limit * self._decrease_factor)
         endpoint.slow_start = False
         endpoint.last_decrease = now
 
@@ -574,6 +579,7 @@ class EndpointPool:
         endpoint.consecutive_failures = 0
         endpoint.limit = endpoint.initial_limit
         endpoint.slow_start = True
+        endpoint.plateau = math.inf
         endpoint.paused_until = 0.0
         if self._log is not None:
             self._log.info("endpoint_recovered", base_url=endpoint.url)
@@ -621,10 +627,20 @@ class EndpointPool:
                 self._dispatch()  # growth allowed again
             return
         endpoint.deep_queue_polls += 1
-        if endpoint.deep_queue_polls >= 2 and endpoint.healthy:
-            # Assume the excess queue is ours: shed exactly that much, at least the usual cut.
-            self._decrease(endpoint, self._clock(), target=endpoint.limit - (waiting - headroom))
-            endpoint.deep_queue_polls = 0
+        endpoint.slow_start = False          # a standing queue: the server's capacity is found
+        if endpoint.deep_queue_polls < 2 or not endpoint.healthy:
+            return
+        endpoint.deep_queue_polls = 0
+        now = self._clock()
+        target = running + headroom
+        if endpoint.limit > target:
+            # What the server runs at once plus a little queue. Idempotent, so no cool-down is needed
+            # while the requests sent under the old limit drain.
+            endpoint.limit = max(1.0, target)
+            endpoint.last_decrease = now
+        elif endpoint.in_flight <= endpoint.limit:
+            # At that level and not draining, yet the queue stands: other clients share the server.
+            self._decrease(endpoint, now)
 
     def _react_to_latency(self, endpoint: _Endpoint) -> None:
         recent = list(endpoint.latencies)[-32:]

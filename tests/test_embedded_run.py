@@ -1,0 +1,90 @@
+"""The embedded default, for real: `python -m kodcode.run` with no endpoint starts the local llama.cpp server
+with Qwen2.5-Coder-0.5B, makes verified triplets, and never leaves the server behind.
+
+These need `python -m kodcode.embedded prepare` to have run on this machine (README's setup and CI do it);
+they fail, not skip, when it has not: the embedded default is the product's first impression.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import query, run_kodcode, start_kodcode
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _wait_for_server(process: subprocess.Popen, timeout: float = 180) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        servers = [pid for pid, cmd in _children(process.pid) if "llama-server" in cmd]
+        if servers:
+            return servers[0]
+        time.sleep(0.2)
+    raise AssertionError("the embedded server never started")
+
+
+def _gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True      # dead, waiting for its (dead) parent's reaper
+        time.sleep(0.1)
+    return False
+
+
+def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--concurrency", "4", "--target", "3", "--max-attempts", "6", "--db", str(db),
+                         timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3
+    models = {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")}
+    assert models == {"qwen2.5-coder-0.5b-instruct"}
+    assert "target reached" in result.stdout
+    # The server's own log went to the run directory, and it served the OpenAI-compatible routes.
+    log = (run_dir / "llama-server.log").read_text(errors="replace")
+    assert "/v1/chat/completions" in log or "chat/completions" in log or "slot" in log
+
+
+@pytest.mark.parametrize("sig, expected_exit", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 0)])
+def test_stopping_the_run_leaves_no_server(run_dir: Path, sig: int, expected_exit: int) -> None:
+    process = start_kodcode("run", "--concurrency", "2", "--target", "50", "--grace", "1",
+                            "--db", str(run_dir / "kc.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        server = _wait_for_server(process)
+        time.sleep(2)   # let it get to work: requests in flight when the signal lands
+        os.kill(process.pid, sig)
+        process.communicate(timeout=60)
+        assert process.returncode == expected_exit
+        assert _gone(server), f"llama-server {server} outlived kodcode"
+    finally:
+        if process.poll() is None:
+            process.kill()
