@@ -221,9 +221,15 @@ async def fleet_sweep(fleet: Fleet, service_s: float, levels: list[int], warmup_
     rows = []
     capacity = sum(c for _, c in fleet.specs)
     queue_urls = [url.rstrip("/") for url, (mode, _) in zip(fleet.urls, fleet.specs) if mode == "queue"]
-    for level in levels:
-        specs = [EndpointSpec(url, kind="auto") for url in fleet.urls]
-        pool = EndpointPool(specs, timeout_s=60)
+    for level, oracle in [(level, False) for level in levels] + [(max(levels), True)]:
+        if oracle:
+            # Control: each server's true capacity as a fixed limit, no adaptation. Same machine, same run,
+            # so adaptive / oracle isolates what adaptation costs from what a busy client costs.
+            specs = [EndpointSpec(url, kind="openai", max_concurrency=cap) for url, (_, cap) in zip(fleet.urls, fleet.specs)]
+            pool = EndpointPool(specs, timeout_s=60, initial_concurrency=max(cap for _, cap in fleet.specs))
+        else:
+            specs = [EndpointSpec(url, kind="auto") for url in fleet.urls]
+            pool = EndpointPool(specs, timeout_s=60)
         client = LLMClient({"default": pool}, None, concurrency=level, backoff_base_s=0.05, backoff_cap_s=1.0)
         result = await drive(client, pool, level, warmup_s, measure_s)
         await client.aclose()
@@ -232,14 +238,14 @@ async def fleet_sweep(fleet: Fleet, service_s: float, levels: list[int], warmup_
         queue_times = [t for url in queue_urls for t in result["server_time"][url]]
         queue_p99_server = max((result["at_servers"][url]["p99"] or 0.0 for url in queue_urls), default=float("nan"))
         rows.append({
-            "concurrency": level, "throughput": throughput, "ideal": ideal, "ratio": throughput / ideal,
+            "oracle": oracle, "concurrency": level, "throughput": throughput, "ideal": ideal, "ratio": throughput / ideal,
             "p50": _pct(result["latencies"], 0.5), "p99": _pct(result["latencies"], 0.99),
             "queue_p99": queue_p99_server, "queue_p99_client": _pct(queue_times, 0.99),
             "rate_limited": result["rate_limited"],
             "cpu_per_1k": 1000 * result["cpu"] / max(1, result["done"]), "cores": result["cpu"] / result["wall"],
             "limits": "/".join(f"{result['limits'][u.rstrip('/')]:.0f}" for u in fleet.urls),
         })
-        print(f"  c={level:>4}: {throughput:7.1f} req/s of {ideal:6.1f} ideal ({throughput / ideal:5.1%}), "
+        print(f"  {'oracle ' if oracle else ''}c={level:>4}: {throughput:7.1f} req/s of {ideal:6.1f} ideal ({throughput / ideal:5.1%}), "
               f"p50 {rows[-1]['p50']:.3f}s p99 {rows[-1]['p99']:.3f}s, queueing servers p99 {rows[-1]['queue_p99']:.3f}s at the server / "
               f"{rows[-1]['queue_p99_client']:.3f}s seen by the client, "
               f"429s {result['rate_limited']}, limits {rows[-1]['limits']}, "
@@ -281,8 +287,8 @@ def main() -> int:
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--service", type=float, default=0.5, help="seconds per request at a server (default 0.5)")
     parser.add_argument("--levels", default="1,8,64,256,512", help="client concurrency levels")
-    parser.add_argument("--warmup", type=float, default=4.0, help="seconds to adapt before measuring")
-    parser.add_argument("--measure", type=float, default=6.0, help="seconds measured per level")
+    parser.add_argument("--warmup", type=float, help="seconds to adapt before measuring (default max(4, 8 x service))")
+    parser.add_argument("--measure", type=float, help="seconds measured per level (default max(6, 12 x service))")
     parser.add_argument("--thousand-service", type=float, default=2.0,
                         help="service time for the 1,000-in-flight runs (default 2.0 s, so 500 req/s)")
     args = parser.parse_args()
@@ -290,6 +296,8 @@ def main() -> int:
         asyncio.run(_serve(json.loads(args.serve)))
         return 0
     levels = [int(part) for part in args.levels.split(",")]
+    args.warmup = args.warmup if args.warmup is not None else max(4.0, 8 * args.service)
+    args.measure = args.measure if args.measure is not None else max(6.0, 12 * args.service)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (other work on the machine slows the client)")
     print(f"mixed fleet {MIXED_FLEET} (mode, capacity), service {args.service}s, "
           f"ideal {sum(c for _, c in MIXED_FLEET) / args.service:.0f} req/s at full load; {os.cpu_count()} CPUs")
@@ -310,6 +318,12 @@ def main() -> int:
         print(f"  {name}: {row['throughput']:.0f} req/s, ~{row['in_flight']:.0f} in flight, "
               f"{row['cpu_per_1k']:.3f} CPU s per 1k requests = {row['cores']:.1%} of one core")
 
+    oracle = next(row for row in rows if row["oracle"])
+    rows = [row for row in rows if not row["oracle"]]
+    adaptive_top = next(row for row in rows if row["concurrency"] == oracle["concurrency"])
+    print(f"adaptive / oracle (true capacities as fixed limits) at c={oracle['concurrency']}: "
+          f"{adaptive_top['throughput'] / oracle['throughput']:.1%} "
+          f"(oracle reached {oracle['ratio']:.1%} of ideal on this machine)")
     full = [row for row in rows if row["concurrency"] >= 2 * sum(c for _, c in MIXED_FLEET)]
     worst_ratio = min((row["ratio"] for row in full), default=float("nan"))
     worst_queue_p99 = max((row["queue_p99"] for row in full), default=float("nan"))

@@ -1,7 +1,7 @@
 """HumanEval triplets per second: KodCode's harness (one `timeout 30 pytest --cov=solution` per trial,
 `parallel -j nproc`) against kodcode's fork-server sandbox with bubblewrap isolation, side by side.
 
-    .venv/bin/python benchmarks/sandbox_throughput.py [--limit N] [--rounds R]
+    .venv/bin/python benchmarks/sandbox_throughput.py [--limit N] [--rounds R] [--workers W]
 
 Each round runs both sides on the same triplets, alternating which goes first, because the machine
 may be shared: compare the ratios of one round, not absolute numbers across runs.
@@ -69,11 +69,11 @@ def run_paper_harness(triplets: list[HumanEvalTriplet]) -> Side:
     return Side([r[0] for r in results], [r[1] for r in results], elapsed)
 
 
-async def run_sandbox(triplets: list[HumanEvalTriplet]) -> Side:
+async def run_sandbox(triplets: list[HumanEvalTriplet], workers: int | None) -> Side:
     passed: list[bool] = [False] * len(triplets)
     latencies: list[float] = [0.0] * len(triplets)
     opened = time.monotonic()
-    async with open_sandbox(isolation=True) as sb:
+    async with open_sandbox(isolation=True, workers=workers) as sb:
         async def one(index: int) -> None:
             t0 = time.monotonic()
             verdict = await sb.run(triplets[index].solution, triplets[index].tests)
@@ -98,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="run only the first N HumanEval problems")
     parser.add_argument("--rounds", type=int, default=1, help="repeat both sides, alternating their order")
+    parser.add_argument("--workers", type=int, default=None, help="fork servers (default: the sandbox's, CPUs + 1)")
     args = parser.parse_args()
     triplets = humaneval_triplets()[: args.limit]
     n = len(triplets)
@@ -108,7 +109,10 @@ def main() -> None:
         sides: dict[str, Side] = {}
         order = ("paper", "sandbox") if round_index % 2 == 0 else ("sandbox", "paper")
         for name in order:
-            sides[name] = run_paper_harness(triplets) if name == "paper" else anyio.run(run_sandbox, triplets)
+            if name == "paper":
+                sides[name] = run_paper_harness(triplets)
+            else:
+                sides[name] = anyio.run(run_sandbox, triplets, args.workers)
         paper, box = sides["paper"], sides["sandbox"]
         ratios.append(paper.wall_s / box.wall_s)
         identical = identical and paper.passed == box.passed

@@ -17,10 +17,12 @@ from kodcode.errors import ConfigError
 __all__ = [
     "ROLES",
     "Config",
+    "EndpointSettings",
     "GateSettings",
     "RoleSettings",
     "SandboxSettings",
     "SourceSettings",
+    "VLLMSettings",
     "load_config",
 ]
 
@@ -29,6 +31,17 @@ ROLES = ("proposer", "solver", "tester", "rewriter", "reasoning")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointSettings(_Strict):
+    """One server of an endpoint pool ([[endpoints]] in the config file); limits are optional."""
+
+    base_url: str
+    api_key_env: str | None = None       # environment variable with this server's key; default: the run's
+    rpm: int | None = Field(None, ge=1)  # requests per minute
+    tpm: int | None = Field(None, ge=1)  # tokens per minute (prompt + completion)
+    max_concurrency: int | None = Field(None, ge=1)
+    kind: Literal["vllm", "openai", "auto"] = "auto"   # auto: vllm when /metrics has vLLM's gauges
 
 
 class RoleSettings(_Strict):
@@ -93,6 +106,15 @@ class GateSettings(_Strict):
     vacuous: Literal["flag", "reject"] = "flag"          # flag: reject only when every test is vacuous
 
 
+class VLLMSettings(_Strict):
+    """The in-process vLLM engine (--backend vllm)."""
+
+    model_dir: Path | None = None         # a Hugging Face checkpoint; None: the embedded GGUF, converted once to bf16
+    max_model_len: int = Field(4096, ge=256)   # prompt + completion tokens per sequence
+    kv_cache_gib: float = Field(1.0, gt=0)     # CPU only (VLLM_CPU_KVCACHE_SPACE); a GPU sizes its own cache
+    enforce_eager: bool | None = None     # None: eager on the CPU (compiling costs ~40 s and gains nothing there)
+
+
 class Config(_Strict):
     target: int = Field(10, ge=1)
     max_attempts: int = Field(10, ge=1, le=100)
@@ -103,6 +125,10 @@ class Config(_Strict):
     grace_s: float = Field(30.0, ge=0)
     model: str | None = None              # default model for every role
     base_url: str | None = None           # None: start the embedded model
+    # Where answers come from: the embedded llama.cpp server, vLLM in this process, or base_url.
+    # None: openai when base_url is set, else embedded.
+    backend: Literal["embedded", "vllm", "openai"] | None = None
+    vllm: VLLMSettings = VLLMSettings()
     api_key_env: str | None = None
     embedded_variant: Literal["0.5b", "1.5b"] = "0.5b"
     chat_template: Literal["chatml"] = "chatml"   # how a raw prefill prompt is built for Magpie-style proposals
@@ -119,12 +145,25 @@ class Config(_Strict):
     budget_tokens: int | None = Field(None, ge=1)
     budget_usd: float | None = Field(None, gt=0)
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> (USD per 1M input, per 1M output)
+    # Several servers for the default endpoint, with per-server limits; --base-url may also list
+    # several comma-separated URLs. Both build an endpoint pool (kodcode.runtime.fleet).
+    endpoints: tuple[EndpointSettings, ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
         if all(weight <= 0 for weight in self.sources.weights.values()):
             raise ValueError("sources.weights: at least one source needs a positive weight")
+        if self.backend == "openai" and self.base_url is None:
+            raise ValueError("backend 'openai' needs a base_url (--base-url)")
+        if self.backend in ("embedded", "vllm") and self.base_url is not None:
+            raise ValueError(f"backend {self.backend!r} runs its own model: drop base_url (--base-url) or use backend 'openai'")
         return self
+
+    @property
+    def effective_backend(self) -> Literal["embedded", "vllm", "openai"]:
+        if self.backend is not None:
+            return self.backend
+        return "embedded" if self.base_url is None else "openai"
 
     def role(self, name: str) -> RoleSettings:
         """The role's settings: what the user set, over the role's own defaults."""

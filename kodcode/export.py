@@ -257,7 +257,7 @@ def write_rows(rows: list[dict[str, Any]], out: Path, fmt: str) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     except OSError as exc:
-        raise KodcodeError(f"cannot write {out}: {exc.strerror}") from None
+        raise KodcodeError(f"cannot write {out}: {exc.strerror}; choose another --out") from None
     tmp = Path(tmp_name)
     try:
         if fmt == "jsonl":
@@ -275,6 +275,9 @@ def write_rows(rows: list[dict[str, Any]], out: Path, fmt: str) -> None:
                      for k, v in row.items()} for row in rows]
             pq.write_table(pa.Table.from_pylist(flat), tmp)
         os.replace(tmp, out)
+    except OSError as exc:   # a full disk, or --out naming a directory: one line, and no temp file left
+        tmp.unlink(missing_ok=True)
+        raise KodcodeError(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

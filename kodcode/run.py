@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a second, independent solution must also pass a trial's tests")
     parser.add_argument("--vacuous", choices=("flag", "reject"),
                         help="vacuous tests: flag them, or reject trials that have any (default flag)")
+    parser.add_argument("--llm-timeout", type=float,
+                        help="seconds to wait for one LLM answer before retrying it (default 300)")
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
@@ -117,6 +119,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "budget_usd": args.budget_usd,
         "embedded_variant": args.embedded_model,
         "grace_s": args.grace,
+        "llm_timeout_s": args.llm_timeout,
         "gates.mutation": False if args.no_mutation_gate else None,
         "gates.mutation_threshold": args.mutation_threshold,
         "gates.max_mutants": args.max_mutants,
@@ -168,19 +171,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kodcode: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"kodcode: error: cannot write the run directory {args.db.parent}: {exc.strerror}", file=sys.stderr)
+        print(f"kodcode: error: cannot write the run directory {args.db.parent}: {exc.strerror}; choose another --db",
+              file=sys.stderr)
         return 2
     try:
         summary = anyio.run(_run, config, args.db, live, backend="asyncio")
-    except KodcodeError as exc:
+    except (KodcodeError, BaseExceptionGroup) as exc:
+        error = _user_error(exc)
+        if error is None:
+            raise
         if args.debug:
             traceback.print_exc()
-        print(f"kodcode: error: {exc}", file=sys.stderr)
+        print(f"kodcode: error: {error}", file=sys.stderr)
         return 2
     finally:
         close_logging()
     _print_summary(summary)
     return 0
+
+
+def _user_error(exc: BaseException) -> KodcodeError | None:
+    """The KodcodeError behind `exc`: an actor's store or LLM failure reaches main inside task-group groups."""
+    if isinstance(exc, KodcodeError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _user_error(inner)) is not None:
+                return found
+    return None
 
 
 def _api_key(env_name: str | None) -> str | None:
@@ -193,6 +211,9 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
     prompt_hashes = prompts.hashes()           # a broken template fails here, before anything is paid for
     sources = SourceMix(config)                # so does a bad seed file
     async with AsyncExitStack() as stack:
+        # A configured endpoint is checked first: a wrong URL or model must not create or touch the store.
+        # The embedded model starts after the store is open, so a store in use costs no model start.
+        endpoint = await _endpoint(config, db_path.parent, stack) if config.base_url is not None else None
         store = await Store.open(db_path)
         stack.push_async_callback(store.aclose)
         records = Records(store)
@@ -200,7 +221,7 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
                         prices=config.prices, spent=BudgetSpent(calls=int(spent["calls"]),
                                                                  prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
-        base_url, default_model, api_key = await _endpoint(config, db_path.parent, stack)
+        base_url, default_model, api_key = endpoint or await _endpoint(config, db_path.parent, stack)
         models = {role: config.role(role).model or default_model for role in ROLES}
         if config.budget_usd is not None:
             unpriced = sorted({m for m in models.values() if m not in config.prices})

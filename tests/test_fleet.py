@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 import scripted_openai
-from kodcode.runtime.fleet import EndpointPool, EndpointSpec, SlidingWindow, estimate_tokens, parse_duration, parse_endpoint_urls
-from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse
+from kodcode.config import load_config
+from kodcode.runtime.fleet import (EndpointPool, EndpointSpec, SlidingWindow, build_transport, endpoint_specs,
+                                   estimate_tokens, parse_duration, parse_endpoint_urls, preflight_pool)
+from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse, OpenAITransport
 from kodcode.runtime.prices import DEFAULT_PRICES, merged_prices, price_for
 from kodcode.runtime.scheduler import Budget
 from kodcode.errors import ConfigError
@@ -283,3 +285,51 @@ def test_parsers() -> None:
     with pytest.raises(ConfigError):
         parse_endpoint_urls("http://a/v1,http://a/v1")
     assert estimate_tokens(chat("x" * 400, max_tokens=100)) == (400 + 8) // 4 + 1 + 100
+
+
+def test_endpoints_from_config_and_comma_separated_base_url(tmp_path: Any) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('[[endpoints]]\nbase_url = "http://a:8000/v1"\ntpm = 90000\nkind = "vllm"\n'
+                    '[[endpoints]]\nbase_url = "http://b:8000/v1"\napi_key_env = "B_KEY"\nmax_concurrency = 64\n')
+    config = load_config(path, {"base_url": "http://a:8000/v1,http://c:8000/v1", "api_key_env": "RUN_KEY"})
+    specs = endpoint_specs(config.base_url, config.api_key_env, config.endpoints)
+    assert specs == [EndpointSpec("http://a:8000/v1", "RUN_KEY", tpm=90000, kind="vllm"),
+                     EndpointSpec("http://b:8000/v1", "B_KEY", max_concurrency=64),
+                     EndpointSpec("http://c:8000/v1", "RUN_KEY")]
+    assert isinstance(build_transport(specs, timeout_s=5), EndpointPool)
+    assert isinstance(build_transport(endpoint_specs("http://a/v1", None), timeout_s=5), OpenAITransport)
+
+
+async def test_preflight_checks_every_server(scripted_server: Server) -> None:
+    good = scripted_server(answer)
+    down = SamePortServer(answer).start()
+    down_url = down.base_url
+    down.stop()
+    assert await preflight_pool([EndpointSpec(good.base_url)], "scripted-model") == ["scripted-model"]
+    with pytest.raises(ConfigError, match="cannot reach"):
+        await preflight_pool([EndpointSpec(good.base_url), EndpointSpec(down_url)], "scripted-model")
+
+
+async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
+    release = asyncio.Event()
+
+    class Held(FakeTransport):
+        async def send_with_headers(self, request: LLMRequest) -> tuple[LLMResponse, Mapping[str, str]]:
+            await release.wait()
+            return await super().send_with_headers(request)
+
+    fake = Held()
+    pool = EndpointPool([EndpointSpec("http://a/v1", kind="openai", max_concurrency=1)],
+                        transport_factory=lambda spec, key: fake)
+    first = asyncio.create_task(pool.send(chat("first")))
+    queued = asyncio.create_task(pool.send(chat("queued")))
+    await wait_until(lambda: pool.waiting == 1)
+    queued.cancel()
+    release.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert pool.status("http://a/v1").in_flight == 0 and pool.waiting == 0
+    await pool.send(chat("after"))                     # the slot is free again
+    assert fake.calls == 2
+    await pool.aclose()

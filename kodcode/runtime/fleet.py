@@ -17,8 +17,10 @@ the pool decides *where* each request goes and *when* an endpoint may take one m
 - Adaptive concurrency (AIMD): slow start, then +1 per round trip on success; x0.75 on 429, 5xx or
   timeout. vLLM saturates by queueing, not by 429 (Data Designer #634), so for vLLM servers a
   background task reads vllm:num_requests_waiting/running from /metrics and cuts the limit while the
-  queue stays deeper than a small headroom, holds it while a little queue remains, and lets it grow
-  only when the queue is empty; a p50 latency beyond `latency_factor` x the unloaded baseline cuts it too.
+  queue stays deeper than a small headroom (to what the server runs at once plus that headroom),
+  holds it while a little queue remains, and lets it grow only when the queue is empty and the limit
+  is within twice what the server reports holding; a p50 latency beyond `latency_factor` x the
+  unloaded baseline cuts it too. `--concurrency` stays the global ceiling (LLMClient's limiter).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from typing import Literal, Protocol
 
 import httpx
 
+from kodcode.config import EndpointSettings
 from kodcode.errors import ConfigError, LLMError
-from kodcode.runtime.llm import LLMRequest, LLMResponse, OpenAITransport, TransientLLMError
+from kodcode.runtime.llm import LLMRequest, LLMResponse, LLMTransport, OpenAITransport, TransientLLMError, preflight
 
 __all__ = [
     "EndpointPool",
@@ -44,9 +47,12 @@ __all__ = [
     "EndpointStatus",
     "EndpointTransport",
     "SlidingWindow",
+    "build_transport",
+    "endpoint_specs",
     "estimate_tokens",
     "parse_duration",
     "parse_endpoint_urls",
+    "preflight_pool",
 ]
 
 EndpointKind = Literal["vllm", "openai", "auto"]
@@ -103,6 +109,42 @@ def parse_endpoint_urls(value: str) -> list[str]:
     if len(set(urls)) != len(urls):
         raise ConfigError(f"--base-url lists an endpoint twice: {value}")
     return urls
+
+
+def endpoint_specs(base_url: str | None, api_key_env: str | None,
+                   endpoints: Sequence[EndpointSettings] = ()) -> list[EndpointSpec]:
+    """The servers of one endpoint: the config's [[endpoints]], then each URL of a comma-separated
+    base_url not already listed. Keys default to the run's api_key_env, then OPENAI_API_KEY."""
+    default_env = api_key_env or "OPENAI_API_KEY"
+    specs = [EndpointSpec(e.base_url, e.api_key_env or default_env, e.rpm, e.tpm, e.max_concurrency, e.kind)
+             for e in endpoints]
+    listed = {spec.base_url.rstrip("/") for spec in specs}
+    for url in parse_endpoint_urls(base_url) if base_url else []:
+        if url.rstrip("/") not in listed:
+            specs.append(EndpointSpec(url, default_env))
+    if not specs:
+        raise ConfigError("no endpoint: give --base-url or [[endpoints]]")
+    return specs
+
+
+def build_transport(specs: Sequence[EndpointSpec], *, timeout_s: float, logger: object = None,
+                    **pool_options: object) -> LLMTransport:
+    """A plain OpenAITransport for one server without limits (the single-endpoint behaviour as before),
+    an EndpointPool otherwise."""
+    only = specs[0]
+    if len(specs) == 1 and only.rpm is None and only.tpm is None and only.max_concurrency is None and only.kind == "auto":
+        return OpenAITransport(only.base_url, _api_key(only), timeout_s=timeout_s)
+    return EndpointPool(specs, timeout_s=timeout_s, logger=logger, **pool_options)  # type: ignore[arg-type]
+
+
+async def preflight_pool(specs: Sequence[EndpointSpec], model: str | None) -> list[str]:
+    """preflight() for every server: each must answer and serve `model` (a mistyped URL is a
+    configuration error, not a server to eject and probe forever). Returns the first one's models."""
+    served: list[str] | None = None
+    for spec in specs:
+        models = await preflight(spec.base_url, model, _api_key(spec))
+        served = models if served is None else served
+    return served or []
 
 
 def estimate_tokens(request: LLMRequest) -> int:
@@ -408,7 +450,7 @@ class EndpointPool:
             if not endpoint.healthy:
                 continue
             excluded = id(endpoint) in exclude
-            preferred_alive = preferred_alive or not excluded
+            preferred_alive = preferred_alive or (not excluded and now >= endpoint.paused_until)
             if (endpoint.in_flight >= endpoint.capacity or now < endpoint.paused_until
                     or endpoint.rpm.wait_s(1, now) > 0 or endpoint.tpm.wait_s(tokens, now) > 0):
                 continue
@@ -501,7 +543,7 @@ class EndpointPool:
             if error.retry_after is not None:
                 endpoint.paused_until = max(endpoint.paused_until, now + error.retry_after)
             self._decrease(endpoint, now)
-            if error.kind == "connection" or endpoint.consecutive_failures >= self._eject_after:
+            if _refused(error) or endpoint.consecutive_failures >= self._eject_after:
                 self._eject(endpoint, str(error))
         self._release(endpoint)
 
@@ -509,8 +551,13 @@ class EndpointPool:
         # Grow only when the limit was what held this endpoint back, and never over a queue.
         if endpoint.in_flight < endpoint.limit * 0.5 or endpoint.limit >= endpoint.max_limit:
             return
-        if endpoint.queue_waiting is not None and endpoint.queue_waiting > 0:
-            return
+        if endpoint.queue_waiting is not None and endpoint.queue_running is not None:
+            if endpoint.queue_waiting > 0:
+                return
+            # Requests the server does not report yet are still in transit (a busy client, slow
+            # connects): a limit far above what the server holds only piles them up on our side.
+            if endpoint.limit >= 2 * max(4.0, endpoint.queue_running):
+                return
         if endpoint.slow_start:
             step = 1.0                       # doubles per round trip
         elif endpoint.limit + 1 <= endpoint.plateau:
@@ -603,11 +650,11 @@ class EndpointPool:
         while not self._closed:
             try:
                 reply = await client.get(endpoint.root + "/metrics")
-                gauges = _vllm_gauges(reply.text) if reply.status_code == 200 else None
             except httpx.HTTPError:
-                gauges = None
-            if gauges is None and endpoint.kind == "auto":
-                endpoint.kind = "openai"  # no vLLM gauges: a hosted API or another server; 429s and latency only
+                reply = None  # down for now: health handling ejects it; keep watching
+            gauges = _vllm_gauges(reply.text) if reply is not None and reply.status_code == 200 else None
+            if reply is not None and gauges is None and endpoint.kind == "auto":
+                endpoint.kind = "openai"  # it answers without vLLM gauges: a hosted API or another server
                 return
             if gauges is not None:
                 endpoint.kind = "vllm"
@@ -671,6 +718,19 @@ class EndpointPool:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=5.0)
         return self._http
+
+
+def _refused(error: BaseException) -> bool:
+    """Nothing listens there (connection refused, connect timeout): eject at once. A connection that
+    drops mid-answer is only a failure: a keep-alive race on a healthy server looks the same."""
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            return False
+        if type(seen).__name__ in ("ConnectError", "ConnectTimeout", "ConnectionRefusedError"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _api_key(spec: EndpointSpec) -> str | None:

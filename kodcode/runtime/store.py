@@ -289,7 +289,7 @@ class Store:
             await self._conn.execute("COMMIT")
         except Exception as exc:  # sqlite errors, and malformed ops too: never leave the transaction open
             await self._rollback()
-            raise StoreError(f"store {self.path}: {exc}") from None
+            raise StoreError(f"store {self.path}: {exc}{_write_hint(exc)}") from None
         except BaseException:
             await self._rollback()
             raise
@@ -318,6 +318,18 @@ class Store:
 
     async def integrity_check(self) -> str:
         return str(await self.scalar("PRAGMA integrity_check"))
+
+
+def _write_hint(exc: Exception) -> str:
+    """The fix for a failed write, where SQLite's words do not say it (EFBIG reads as "disk I/O error")."""
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_FULL", "SQLITE_IOERR")):
+        return "; is the disk full or the file size limited? free space, then run again with the same --db to resume"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "; another program holds a lock on the store: close it, then run again with the same --db"
+    if name.startswith("SQLITE_READONLY"):
+        return "; make the store and its directory writable, or use another --db"
+    return ""
 
 
 def now() -> float:

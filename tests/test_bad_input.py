@@ -1,0 +1,132 @@
+"""Bad input: each case gets one line naming the problem (and the fix), exit 2, no traceback, and the store
+is left as it was (not created where there was none, byte for byte the same where there was one).
+
+The (case, message) table is written to $KODCODE_BAD_INPUT_TABLE when set, else printed (pytest -s)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from helpers import run_kodcode
+from kodcode.runtime.store import Store
+from scripted_openai import ScriptedOpenAIServer
+
+UNREACHABLE = "http://127.0.0.1:9/v1"
+TABLE: list[tuple[str, str]] = []
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    module: str                                     # run | export
+    args: tuple[str, ...]                           # {dir}, {db} and {server} are filled in
+    message: str                                    # must appear in the one error line
+    prepare: Callable[[Path], None] = lambda _dir: None
+    has_store: bool = False                         # a store exists before and must not change
+
+
+def write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda directory: (directory / name).write_bytes(data)
+
+
+def newer_store(directory: Path) -> None:
+    async def create() -> None:
+        store = await Store.open(directory / "kc.db")
+        await store.aclose()
+
+    anyio.run(create)
+    conn = sqlite3.connect(directory / "kc.db")
+    with conn:
+        conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    conn.close()
+
+
+def existing_store(directory: Path) -> None:
+    newer_store(directory)
+    conn = sqlite3.connect(directory / "kc.db")
+    with conn:
+        conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    conn.close()
+
+
+def a_file_named(name: str) -> Callable[[Path], None]:
+    return write(name, b"not a directory\n")
+
+
+RUN = ("--db", "{db}", "--base-url", "{server}")
+CASES = [
+    Case("config: malformed TOML", "run", ("--config", "{dir}/bad.toml", *RUN), "bad.toml",
+         write("bad.toml", b"target = = 3\n")),
+    Case("config: unknown key", "run", ("--config", "{dir}/typo.toml", *RUN), "tragett",
+         write("typo.toml", b"tragett = 3\n")),
+    Case("config: value out of range", "run", ("--target", "0", *RUN), "config key 'target'"),
+    Case("seeds: missing file", "run", ("--seeds", "{dir}/nope.jsonl", *RUN), "nope.jsonl does not exist"),
+    Case("seeds: empty file", "run", ("--seeds", "{dir}/empty.jsonl", *RUN), "empty.jsonl", write("empty.jsonl", b"")),
+    Case("seeds: not UTF-8", "run", ("--seeds", "{dir}/latin1.jsonl", *RUN), "latin1.jsonl",
+         write("latin1.jsonl", '{"question": "caf\u00e9"}\n'.encode("latin-1"))),
+    Case("seeds: invalid JSON", "run", ("--seeds", "{dir}/broken.jsonl", *RUN), "broken.jsonl",
+         write("broken.jsonl", b'{"question": "ok"}\n{"question": \n')),
+    Case("unreachable --base-url", "run", ("--db", "{db}", "--base-url", UNREACHABLE),
+         "cannot reach --base-url http://127.0.0.1:9/v1"),
+    Case("wrong --model", "run", (*RUN, "--model", "no-such-model"), "model 'no-such-model' is not served"),
+    Case("store from a newer schema", "run", RUN, "schema version 99", newer_store, has_store=True),
+    Case("conflicting flags: --embedded-model with --base-url", "run", (*RUN, "--embedded-model", "1.5b"),
+         "--embedded-model and --base-url conflict"),
+    Case("conflicting flags: --budget-usd without prices", "run", (*RUN, "--budget-usd", "1"), "needs a [prices] table"),
+    Case("--db under a regular file", "run", ("--db", "{dir}/file/kc.db", "--base-url", "{server}"), "{dir}/file",
+         a_file_named("file")),
+    Case("export: --db missing", "export", ("--db", "{db}", "--out", "{dir}/out.jsonl"), "does not exist"),
+    Case("export: --out under a regular file", "export", ("--db", "{db}", "--out", "{dir}/file/out.jsonl"),
+         "cannot write {dir}/file/out.jsonl", lambda d: (existing_store(d), a_file_named("file")(d)), has_store=True),
+    Case("export: --out is a directory", "export", ("--db", "{db}", "--out", "{dir}/outdir"),
+         "cannot write {dir}/outdir", lambda d: (existing_store(d), (d / "outdir").mkdir()), has_store=True),
+]
+
+
+@pytest.fixture(scope="module")
+def models_server() -> Iterator[ScriptedOpenAIServer]:
+    server = ScriptedOpenAIServer(lambda request: "unused").start()
+    yield server
+    server.stop()
+    table = "\n".join(f"{case:55s} | {message}" for case, message in TABLE)
+    destination = os.environ.get("KODCODE_BAD_INPUT_TABLE")
+    if destination:
+        Path(destination).write_text(table + "\n", encoding="utf-8")
+    else:
+        print("\n" + table)
+
+
+def snapshot(db: Path) -> tuple[bytes, int] | None:
+    return (db.read_bytes(), db.stat().st_mtime_ns) if db.exists() else None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_the_store_alone(case: Case, tmp_path: Path,
+                                                                   models_server: ScriptedOpenAIServer) -> None:
+    case.prepare(tmp_path)
+    db = tmp_path / "kc.db"
+    before = snapshot(db)
+    assert (before is not None) == case.has_store
+    fill = {"dir": str(tmp_path), "db": str(db), "server": models_server.base_url}
+    result = run_kodcode(case.module, *(arg.format(**fill) for arg in case.args), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kodcode: error: ") and case.message.format(**fill) in lines[0], lines[0]
+    assert snapshot(db) == before           # not created where there was none; untouched where there was one
+    TABLE.append((case.name, lines[0].replace(str(tmp_path), "<tmp>").replace(models_server.base_url, "<server>")))
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run_kodcode("run", "--db", str(tmp_path / "kc.db"), "--base-url", UNREACHABLE, "--debug")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("kodcode: error: cannot reach --base-url")
