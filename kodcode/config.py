@@ -111,7 +111,7 @@ class VLLMSettings(_Strict):
 
     model_dir: Path | None = None         # a Hugging Face checkpoint; None: the embedded GGUF, converted once to bf16
     max_model_len: int = Field(4096, ge=256)   # prompt + completion tokens per sequence
-    kv_cache_gib: float = Field(1.0, gt=0)     # CPU only (VLLM_CPU_KVCACHE_SPACE); a GPU sizes its own cache
+    kv_cache_gib: int = Field(1, ge=1)         # CPU only (VLLM_CPU_KVCACHE_SPACE, whole GiB); a GPU sizes its own cache
     enforce_eager: bool | None = None     # None: eager on the CPU (compiling costs ~40 s and gains nothing there)
 
 

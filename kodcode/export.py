@@ -28,26 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from kodcode import __version__
-from kodcode.errors import KodcodeError, StoreError
+from kodcode.errors import KodcodeError
 from kodcode.parsing import test_info
+from kodcode.runtime.store import open_readonly
 
 __all__ = ["ExportFilter", "export", "iter_v1_rows", "main", "rl_rows", "sft_rows", "write_rows"]
 
 
 def _nick(model: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", model.rsplit("/", 1)[-1]).strip("_").lower() or "model"
-
-
-def _open_readonly(db: Path) -> sqlite3.Connection:
-    if not db.exists():
-        raise StoreError(f"store {db} does not exist")
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        conn.execute("SELECT 1 FROM items LIMIT 1")
-    except sqlite3.Error as exc:
-        raise StoreError(f"store {db} cannot be read: {exc}") from None
-    return conn
 
 
 @dataclass(frozen=True)
@@ -77,7 +66,7 @@ def _responses(conn: sqlite3.Connection, item_id: str, style: str) -> list[sqlit
 
 def iter_v1_rows(db: Path, keep: ExportFilter = ExportFilter()) -> Iterator[dict[str, Any]]:
     """One row per verified item (style instruct) and one per verified rewrite (its style)."""
-    conn = _open_readonly(db)
+    conn = open_readonly(db)
     try:
         for item in conn.execute("SELECT * FROM items WHERE state='verified' ORDER BY seq").fetchall():
             attempts = conn.execute("SELECT * FROM attempts WHERE item_id=? AND state='judged' ORDER BY attempt",
@@ -310,7 +299,7 @@ def export(db: Path, out: Path, *, kind: str = "v1", fmt: str | None = None, kee
 
 def _write_card(db: Path, out: Path, kind: str, fmt: str, v1: list[dict[str, Any]], rows: list[dict[str, Any]],
                 counts: dict[str, Counter]) -> None:
-    conn = _open_readonly(db)
+    conn = open_readonly(db)
     try:
         states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
     finally:

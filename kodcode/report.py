@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kodcode.errors import StoreError
+from kodcode.runtime.store import open_readonly
 
 __all__ = [
     "COST_ROLES",
@@ -100,22 +101,6 @@ def _json(text: str | None) -> dict[str, Any]:
 
 
 # -- reading the store -------------------------------------------------------------------------------------
-
-def open_readonly(db: Path) -> sqlite3.Connection:
-    """A read-only connection (URI mode=ro): the report can never write to, or lock out, a running store."""
-    if not db.exists():
-        raise StoreError(f"store {db} does not exist")
-    if not db.is_file():
-        raise StoreError(f"store {db} is not a file")
-    try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("SELECT 1 FROM items LIMIT 1").fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"store {db} cannot be read: {exc}") from None
-    return conn
-
 
 def _yield_group(rows: Iterable[tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """(group, state) pairs -> {group: settled, verified, failed, yield, solve_rate}."""

