@@ -153,7 +153,7 @@ class Config(_Strict):
     def _check(self) -> "Config":
         if all(weight <= 0 for weight in self.sources.weights.values()):
             raise ValueError("sources.weights: at least one source needs a positive weight")
-        if self.backend == "openai" and self.base_url is None:
+        if self.backend == "openai" and self.base_url is None and not self.endpoints:
             raise ValueError("backend 'openai' needs a base_url (--base-url)")
         if self.backend in ("embedded", "vllm") and self.base_url is not None:
             raise ValueError(f"backend {self.backend!r} runs its own model: drop base_url (--base-url) or use backend 'openai'")
@@ -163,7 +163,7 @@ class Config(_Strict):
     def effective_backend(self) -> Literal["embedded", "vllm", "openai"]:
         if self.backend is not None:
             return self.backend
-        return "embedded" if self.base_url is None else "openai"
+        return "embedded" if self.base_url is None and not self.endpoints else "openai"
 
     def role(self, name: str) -> RoleSettings:
         """The role's settings: what the user set, over the role's own defaults."""
@@ -177,7 +177,7 @@ class Config(_Strict):
     def effective_mode(self) -> Literal["split", "joint"]:
         if self.mode is not None:
             return self.mode
-        return "split" if self.base_url is None else "joint"
+        return "split" if self.effective_backend != "openai" else "joint"
 
 
 # Defaults per role. Low temperatures for code: a 0.5B model's answers fall apart above ~0.5, and

@@ -62,9 +62,10 @@ def _parses(source: str) -> bool:
     return True
 
 
-def extract_code(text: str) -> str:
+def extract_code(text: str, *, prefer: str | None = None) -> str:
     """The Python code in a model answer: the first python fence, else any fence, else the whole text
-    when it parses as Python. Prose around the code is ignored."""
+    when it parses as Python. Prose around the code is ignored. With `prefer`, the first block that
+    matches that regex wins (a tester often repeats the solution in a block before its tests)."""
     _, answer = split_reasoning(text)
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(answer)]
     python_blocks = [body for lang, body in blocks if lang in _PYTHON_LANGS]
@@ -75,6 +76,8 @@ def extract_code(text: str) -> str:
             candidates = [stripped]
     if not candidates:
         raise ParseFailure("no python code block in the answer")
+    if prefer is not None:
+        candidates.sort(key=lambda body: re.search(prefer, body, re.MULTILINE) is None)   # stable: order kept
     # A fence inside a markdown list is indented as a whole; the code itself is not.
     code = textwrap.dedent(candidates[0]).strip("\n")
     if not code.strip():

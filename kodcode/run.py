@@ -27,9 +27,11 @@ from kodcode.errors import ConfigError, KodcodeError
 from kodcode.progress import ProgressSnapshot, ProgressView
 from kodcode.prompts import PromptLibrary
 from kodcode.runtime.gate import build_gate
-from kodcode.runtime.llm import LLMClient, LLMTransport, OpenAITransport, preflight
+from kodcode.runtime.fleet import build_transport, endpoint_specs, preflight_pool
+from kodcode.runtime.llm import LLMClient, LLMTransport, OpenAITransport
 from kodcode.runtime.logging import EVENTS_FILE, close_logging, configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline, RunSummary
+from kodcode.runtime.prices import merged_prices
 from kodcode.runtime.records import Records
 from kodcode.runtime.scheduler import AdaptivePolicy, Budget, BudgetSpent
 from kodcode.runtime.store import Store
@@ -52,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=int, help="stop after this many verified triplets (default 10)")
     parser.add_argument("--concurrency", type=int, help="LLM requests in flight at most (default 8)")
     parser.add_argument("--max-attempts", type=int, help="solve attempts per question at most (default 10)")
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 "
-                                           "(default: start the embedded local model)")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint(s), one or several comma-separated, e.g. "
+                                           "http://127.0.0.1:8000/v1 (default: start the embedded local model)")
     parser.add_argument("--model", help="model name for every role (default: the endpoint's first model)")
     parser.add_argument("--api-key-env", help="environment variable that holds the API key (default OPENAI_API_KEY)")
     parser.add_argument("--mode", choices=("split", "joint"),
@@ -172,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, _overrides(args))
-        if config.budget_usd is not None and not config.prices:
-            raise ConfigError("--budget-usd needs a [prices] table in the config (model = [usd_per_1M_in, usd_per_1M_out])")
         # On a terminal the live progress panel is the console view; logs there would tear it apart, so only
         # warnings reach the console (everything still goes to events.jsonl, for kodcode.tail).
         live = sys.stdout.isatty()
@@ -225,27 +225,31 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
     async with AsyncExitStack() as stack:
         # A configured endpoint is checked first: a wrong URL or model must not create or touch the store.
         # The embedded model starts after the store is open, so a store in use costs no model start.
-        endpoint = await _endpoint(config, db_path.parent, stack) if config.base_url is not None else None
+        endpoint = await _endpoint(config, db_path.parent, stack) if config.effective_backend == "openai" else None
         store = await Store.open(db_path)
         stack.push_async_callback(store.aclose)
         records = Records(store)
         spent = await records.spent()
-        budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
-                        prices=config.prices, spent=BudgetSpent(calls=int(spent["calls"]),
-                                                                 prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
         base_url, default_model, default_transport = endpoint or await _endpoint(config, db_path.parent, stack)
         models = {role: config.role(role).model or default_model for role in ROLES}
+        # Built-in prices for common hosted models, overridden by the config's [prices].
+        prices = merged_prices(config.prices, models.values())
         if config.budget_usd is not None:
-            unpriced = sorted({m for m in models.values() if m not in config.prices})
+            unpriced = sorted({m for m in models.values() if m not in prices})
             if unpriced:
-                raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)} in [prices]")
+                raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)}; add them to [prices] "
+                                  "in the config (model = [usd_per_1M_in, usd_per_1M_out])")
+        budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
+                        prices=prices, spent=BudgetSpent(calls=int(spent["calls"]),
+                                                         prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
         transports: dict[str, LLMTransport] = {"default": default_transport}
         for role in ROLES:
             settings = config.role(role)
             if settings.base_url:
-                key = _api_key(settings.api_key_env or config.api_key_env)
-                await preflight(settings.base_url, models[role], key)
-                transports[role] = OpenAITransport(settings.base_url, key, timeout_s=config.llm_timeout_s)
+                specs = endpoint_specs(settings.base_url, settings.api_key_env or config.api_key_env)
+                await preflight_pool(specs, models[role])
+                transports[role] = build_transport(specs, timeout_s=config.llm_timeout_s, ceiling=config.concurrency,
+                                                   logger=log)
         llm = LLMClient(transports, records, concurrency=config.concurrency, max_retries=config.llm_max_retries,
                         budget=budget, logger=log)
         stack.push_async_callback(llm.aclose)
@@ -307,13 +311,9 @@ async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tup
     """(where, default model, transport): the configured endpoint, checked; the embedded model; or vLLM in process."""
     backend = config.effective_backend
     if backend == "vllm":
-        from kodcode.runtime.vllm_backend import VLLMEngineSettings, default_checkpoint, vllm_transport
+        from kodcode.runtime.vllm_backend import engine_settings, vllm_transport   # vllm only when chosen
 
-        model_dir = config.vllm.model_dir or await anyio.to_thread.run_sync(default_checkpoint, config.embedded_variant)
-        name = config.model or (model_dir.name if config.vllm.model_dir else f"{model_dir.name.removesuffix('-q4_k_m-bf16')}-bf16")
-        settings = VLLMEngineSettings(model_dir=model_dir, served_name=name, max_model_len=config.vllm.max_model_len,
-                                      kv_cache_gib=config.vllm.kv_cache_gib, enforce_eager=config.vllm.enforce_eager,
-                                      seed=config.seed)
+        settings = await anyio.to_thread.run_sync(engine_settings, config)   # may convert the model (once)
         transport = await stack.enter_async_context(vllm_transport(settings))
         return transport.label, transport.model, transport
     if backend == "embedded":
@@ -322,13 +322,16 @@ async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tup
         endpoint = await stack.enter_async_context(embedded_server(
             config.embedded_variant, concurrency=config.concurrency, log_path=run_dir / "llama-server.log"))
         return endpoint.base_url, endpoint.model, OpenAITransport(endpoint.base_url, None, timeout_s=config.llm_timeout_s)
-    assert config.base_url is not None    # Config refuses backend "openai" without one
-    api_key = _api_key(config.api_key_env)
-    served = await preflight(config.base_url, config.model, api_key)
+    # One URL, several comma-separated URLs, or [[endpoints]] with limits: several become a pool with
+    # least-outstanding routing, ejection, rate limits and per-endpoint adaptive concurrency.
+    specs = endpoint_specs(config.base_url, config.api_key_env, config.endpoints)
+    served = await preflight_pool(specs, config.model)
+    where = ",".join(spec.base_url for spec in specs)
     model = config.model or (served[0] if served else None)
     if model is None:
-        raise ConfigError(f"{config.base_url} lists no models; pass --model")
-    return config.base_url, model, OpenAITransport(config.base_url, api_key, timeout_s=config.llm_timeout_s)
+        raise ConfigError(f"{where} lists no models; pass --model")
+    return where, model, build_transport(specs, timeout_s=config.llm_timeout_s, ceiling=config.concurrency,
+                                         logger=get_logger())
 
 
 async def _watch_signals(pipeline: Pipeline, run_scope: anyio.CancelScope, grace_s: float, log: Any) -> None:

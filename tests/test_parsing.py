@@ -267,3 +267,12 @@ def test_clean_tests_drops_self_runs_prints_and_shadowing_copies() -> None:
     # Fixtures and tests stay, untouched.
     assert "@pytest.fixture\ndef data():" in cleaned and "def test_a(data):" in cleaned
     assert clean_tests("def test_x():\n    assert 1\n", "f") == "def test_x():\n    assert 1\n"
+
+
+def test_extract_code_prefers_the_block_with_tests() -> None:
+    from kodcode.parsing import extract_code
+
+    answer = ("Here is the function again:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+              "And the tests:\n```python\nfrom solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n```")
+    assert extract_code(answer).startswith("def add")
+    assert extract_code(answer, prefer=r"^\s*def test_").startswith("from solution import add")

@@ -89,6 +89,7 @@ def ensure_checkpoint(gguf_path: Path, out_dir: Path | None = None) -> Path:
                 tail = (result.stderr or result.stdout)[-_LOG_TAIL_CHARS:].strip()
                 raise EmbeddedModelError(f"converting {gguf_path.name} to a bf16 checkpoint failed: "
                                          f"{tail.splitlines()[-1] if tail else f'exit {result.returncode}'}")
+            os.chmod(staging, 0o755)   # mkdtemp's 0700 would make the cache unlike the GGUF beside it
             if target.exists():        # a leftover without the marker: half a directory from a crash
                 shutil.rmtree(target)
             os.rename(staging, target)

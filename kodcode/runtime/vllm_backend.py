@@ -26,10 +26,21 @@ from typing import Any
 
 import anyio
 
+from kodcode.config import Config
 from kodcode.errors import ConfigError, EmbeddedModelError, LLMError
 from kodcode.runtime.llm import LLMRequest, LLMResponse
+from kodcode.runtime.model_files import resolve_variant
 
-__all__ = ["INSTALL_HINT", "VLLMEngineSettings", "VLLMTransport", "default_checkpoint", "import_vllm", "vllm_transport"]
+__all__ = [
+    "INSTALL_HINT",
+    "VLLMEngineSettings",
+    "VLLMTransport",
+    "default_checkpoint",
+    "engine_settings",
+    "import_vllm",
+    "start_transport",
+    "vllm_transport",
+]
 
 INSTALL_HINT = "install it with scripts/install-vllm-cpu.sh (CPU) or pip install 'kodcode[vllm]' (GPU)"
 
@@ -48,6 +59,9 @@ class VLLMEngineSettings:
 
 def import_vllm() -> Any:
     """The vllm package, or a one-line error naming the install step."""
+    # vLLM configures its logging on import; the run's console belongs to the progress view. A level the
+    # user exported wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         import vllm
     except ImportError as exc:
@@ -65,6 +79,21 @@ def default_checkpoint(variant: str) -> Path:
     from kodcode.runtime.model_files import ensure_model
 
     return ensure_checkpoint(ensure_model(variant))
+
+
+def engine_settings(config: Config) -> VLLMEngineSettings:
+    """The engine a run's config asks for; converts the embedded model first when no checkpoint is given."""
+    import_vllm()   # a missing package is worth one line before a conversion that needs it anyway
+    if config.vllm.model_dir is not None:
+        model_dir = config.vllm.model_dir.expanduser()
+        default_name = model_dir.resolve().name
+    else:
+        model_dir = default_checkpoint(config.embedded_variant)
+        # Not the GGUF's alias: a bf16 answer is not the 4-bit model's, and the call cache keys on the name.
+        default_name = f"{resolve_variant(config.embedded_variant).alias}-bf16"
+    return VLLMEngineSettings(model_dir=model_dir, served_name=config.model or default_name,
+                              max_model_len=config.vllm.max_model_len, kv_cache_gib=config.vllm.kv_cache_gib,
+                              enforce_eager=config.vllm.enforce_eager, seed=config.seed)
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -90,7 +119,7 @@ class VLLMTransport:
 
     def __init__(self, engine: Any, tokenizer: Any, settings: VLLMEngineSettings) -> None:
         self._engine = engine
-        self._tokenizer = tokenizer
+        self.tokenizer = tokenizer
         self.settings = settings
         self.model = settings.served_name
         self.label = f"vllm:{settings.model_dir}"
@@ -103,7 +132,8 @@ class VLLMTransport:
         from vllm.sampling_params import RequestOutputKind
 
         started = time.perf_counter()
-        prompt = request.prompt if request.prompt is not None else self._chat_prompt(request.messages)
+        # Token ids, not text: what the engine sees is exactly what the chat template (or the raw prompt) says.
+        prompt = {"prompt_token_ids": self._prompt_token_ids(request)}
         params = SamplingParams(
             n=request.n, temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
             stop=list(request.stop) or None, seed=request.seed, output_kind=RequestOutputKind.FINAL_ONLY)
@@ -135,9 +165,20 @@ class VLLMTransport:
             request_hash=request.key,
         )
 
-    def _chat_prompt(self, messages: Sequence[Mapping[str, str]]) -> str:
-        return str(self._tokenizer.apply_chat_template([dict(message) for message in messages], tokenize=False,
-                                                       add_generation_prompt=True))
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds (running or waiting); 0 once every caller got or dropped its answer."""
+        return int(self._engine.get_num_unfinished_requests())
+
+    def _prompt_token_ids(self, request: LLMRequest) -> list[int]:
+        if request.prompt is not None:
+            return list(self.tokenizer.encode(request.prompt))
+        return self._chat_token_ids(request.messages)
+
+    def _chat_token_ids(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template([dict(message) for message in messages], tokenize=True,
+                                                  add_generation_prompt=True)
+        # transformers 5 returns a BatchEncoding here, 4.x a plain list.
+        return list(ids["input_ids"] if isinstance(ids, Mapping) or hasattr(ids, "keys") else ids)
 
     async def aclose(self) -> None:
         """Stop the engine and its EngineCore process; safe to call more than once."""
@@ -149,7 +190,7 @@ class VLLMTransport:
             await anyio.to_thread.run_sync(self._engine.shutdown)
 
 
-def _engine_args(vllm: Any, settings: VLLMEngineSettings, on_cpu: bool) -> Any:
+def _engine_args(settings: VLLMEngineSettings, on_cpu: bool) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     extra: dict[str, Any] = {}
@@ -163,19 +204,18 @@ def _engine_args(vllm: Any, settings: VLLMEngineSettings, on_cpu: bool) -> Any:
 
 async def start_transport(settings: VLLMEngineSettings) -> VLLMTransport:
     """Start an engine for `settings` (tens of seconds on a CPU) and a transport over it."""
-    vllm = import_vllm()
+    import_vllm()
     if not _is_checkpoint(settings.model_dir):
         raise ConfigError(f"--vllm-model {settings.model_dir} is not a Hugging Face checkpoint directory (no config.json)")
     on_cpu = _on_cpu()
     if on_cpu:
         _prepare_cpu_environment(settings.kv_cache_gib)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")   # the run's console belongs to the progress view
     from transformers import AutoTokenizer
     from vllm.v1.engine.async_llm import AsyncLLM
 
     tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
     try:
-        engine = AsyncLLM.from_engine_args(_engine_args(vllm, settings, on_cpu))
+        engine = AsyncLLM.from_engine_args(_engine_args(settings, on_cpu))
     except Exception as exc:
         raise EmbeddedModelError(f"the vLLM engine did not start for {settings.model_dir}: "
                                  f"{' '.join(str(exc).split())[:300] or type(exc).__name__}") from exc
