@@ -226,19 +226,15 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         # A configured endpoint is checked first: a wrong URL or model must not create or touch the store.
         # The embedded model starts after the store is open, so a store in use costs no model start.
         endpoint = await _endpoint(config, db_path.parent, stack) if config.effective_backend == "openai" else None
+        if endpoint is not None:
+            _prices(config, _models(config, endpoint[1]))   # an unpriced --budget-usd must not create the store
         store = await Store.open(db_path)
         stack.push_async_callback(store.aclose)
         records = Records(store)
         spent = await records.spent()
         base_url, default_model, default_transport = endpoint or await _endpoint(config, db_path.parent, stack)
-        models = {role: config.role(role).model or default_model for role in ROLES}
-        # Built-in prices for common hosted models, overridden by the config's [prices].
-        prices = merged_prices(config.prices, models.values())
-        if config.budget_usd is not None:
-            unpriced = sorted({m for m in models.values() if m not in prices})
-            if unpriced:
-                raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)}; add them to [prices] "
-                                  "in the config (model = [usd_per_1M_in, usd_per_1M_out])")
+        models = _models(config, default_model)
+        prices = _prices(config, models)
         budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
                         prices=prices, spent=BudgetSpent(calls=int(spent["calls"]),
                                                          prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
@@ -305,6 +301,22 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
             log.info("run_finished", status=status, **summary.as_dict())
         structlog.contextvars.unbind_contextvars("run_id")
         return summary
+
+
+def _models(config: Config, default_model: str) -> dict[str, str]:
+    return {role: config.role(role).model or default_model for role in ROLES}
+
+
+def _prices(config: Config, models: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """Built-in prices for common hosted models, overridden by the config's [prices]; with --budget-usd every
+    model in use needs one."""
+    prices = merged_prices(config.prices, models.values())
+    if config.budget_usd is not None:
+        unpriced = sorted({m for m in models.values() if m not in prices})
+        if unpriced:
+            raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)}; add them to [prices] "
+                              "in the config (model = [usd_per_1M_in, usd_per_1M_out])")
+    return prices
 
 
 async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, LLMTransport]:

@@ -79,7 +79,7 @@ CASES = [
     Case("store from a newer schema", "run", RUN, "schema version 99", newer_store, has_store=True),
     Case("conflicting flags: --embedded-model with --base-url", "run", (*RUN, "--embedded-model", "1.5b"),
          "--embedded-model and --base-url conflict"),
-    Case("conflicting flags: --budget-usd without prices", "run", (*RUN, "--budget-usd", "1"), "needs a [prices] table"),
+    Case("conflicting flags: --budget-usd without prices", "run", (*RUN, "--budget-usd", "1"), "--budget-usd"),
     Case("--db under a regular file", "run", ("--db", "{dir}/file/kc.db", "--base-url", "{server}"), "{dir}/file",
          a_file_named("file")),
     Case("export: --db missing", "export", ("--db", "{db}", "--out", "{dir}/out.jsonl"), "does not exist"),
@@ -107,7 +107,7 @@ def snapshot(db: Path) -> tuple[bytes, int] | None:
     return (db.read_bytes(), db.stat().st_mtime_ns) if db.exists() else None
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[(case.values[0] if hasattr(case, "values") else case).name for case in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_the_store_alone(case: Case, tmp_path: Path,
                                                                    models_server: ScriptedOpenAIServer) -> None:
     case.prepare(tmp_path)

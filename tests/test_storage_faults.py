@@ -21,9 +21,6 @@ from helpers import kodcode_command, kodcode_env, query
 from kodcode.runtime.store import Store
 from test_soak import start_server
 
-UNREACHABLE = "http://127.0.0.1:9/v1"
-
-
 def run_as(args: list[str], preexec: Callable[[], None] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(kodcode_command("run", *args), capture_output=True, text=True, timeout=timeout,
                           env=kodcode_env(), preexec_fn=preexec)
@@ -106,7 +103,12 @@ def test_read_only_store_is_refused_with_one_line(what: str, tmp_path: Path) -> 
         path.chmod(read_only)
     run_dir.chmod(read_only | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | (0 if what == "directory" else 0o222))
     before = db.read_bytes()
-    result = run_as(["--base-url", UNREACHABLE, "--db", str(db)], obey_file_modes())
+    preexec = obey_file_modes()
+    _coder, server = start_server()
+    try:
+        result = run_as(["--base-url", server.base_url, "--db", str(db)], preexec)
+    finally:
+        server.stop()
     assert result.returncode == 2, result.stderr
     [line] = error_lines(result.stderr)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -79,7 +79,7 @@ async def test_transport_answers_chat_and_raw_prompts_with_usage_and_cancels(che
 
         # A raw prompt goes in as written (no chat template), honours stop strings and the seed.
         prompt = "<|im_start|>user\nCount from 1 to 20, separated by commas.<|im_end|>\n<|im_start|>assistant\n1, 2, 3,"
-        raw = LLMRequest(role="proposer", model="coder", prompt=prompt, temperature=0.0, max_tokens=60,
+        raw = LLMRequest(role="proposer", model="coder", prompt=prompt, temperature=0.1, max_tokens=60,
                          stop=(" 9,",), n=2, seed=1)
         answer = await transport.send(raw)
         assert answer.prompt_tokens == len(tokenizer.encode(prompt))

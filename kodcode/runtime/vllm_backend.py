@@ -134,9 +134,12 @@ class VLLMTransport:
         started = time.perf_counter()
         # Token ids, not text: what the engine sees is exactly what the chat template (or the raw prompt) says.
         prompt = {"prompt_token_ids": self._prompt_token_ids(request)}
-        params = SamplingParams(
-            n=request.n, temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
-            stop=list(request.stop) or None, seed=request.seed, output_kind=RequestOutputKind.FINAL_ONLY)
+        try:
+            params = SamplingParams(
+                n=request.n, temperature=request.temperature, top_p=request.top_p, max_tokens=request.max_tokens,
+                stop=list(request.stop) or None, seed=request.seed, output_kind=RequestOutputKind.FINAL_ONLY)
+        except ValueError as exc:    # e.g. n > 1 with temperature 0: the OpenAI server answers 400 here
+            raise LLMError(f"vLLM refused the sampling parameters: {' '.join(str(exc).split())[:300]}") from exc
         request_id = f"{request.role}-{request.key[:12]}-{uuid.uuid4().hex[:8]}"
         final = None
         try:
@@ -167,7 +170,7 @@ class VLLMTransport:
 
     def unfinished_requests(self) -> int:
         """Requests the engine still holds (running or waiting); 0 once every caller got or dropped its answer."""
-        return int(self._engine.get_num_unfinished_requests())
+        return 0 if self._engine is None else int(self._engine.get_num_unfinished_requests())
 
     def _prompt_token_ids(self, request: LLMRequest) -> list[int]:
         if request.prompt is not None:
@@ -188,6 +191,9 @@ class VLLMTransport:
         with anyio.CancelScope(shield=True):
             # shutdown() joins the engine process: off the event loop, which may still be draining outputs.
             await anyio.to_thread.run_sync(self._engine.shutdown)
+        # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals are gone and that
+        # prints a TypeError. Dropping the engine now lets it be collected while they are still there.
+        self._engine = None
 
 
 def _engine_args(settings: VLLMEngineSettings, on_cpu: bool) -> Any:
