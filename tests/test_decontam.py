@@ -128,8 +128,8 @@ def test_boilerplate_13_grams_shared_by_many_items_do_not_flag() -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("{not json\n", "line 1 is not valid JSON"),
-        ('[1, 2]\n', "line 1 is not a JSON object"),
+        ("{not json\n", "line 1: invalid JSON"),
+        ('[1, 2]\n', "line 1: expected a JSON object"),
         ('{"text": "ok", "task_id": 1}\n{"prompt": "x", "task_id": 2}\n', "line 2 has no text field 'text'"),
         ('{"text": "ok"}\n', "line 1 has no id field 'task_id'"),
         ("\n\n", "holds no items"),
@@ -145,7 +145,7 @@ def test_malformed_benchmark_file_is_a_one_line_config_error(tmp_path: Path, con
 
 
 def test_missing_benchmark_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot be read"):
+    with pytest.raises(ConfigError, match="does not exist"):
         Decontaminator().add_benchmark_jsonl(tmp_path / "absent.jsonl", "B", "text")
 
 

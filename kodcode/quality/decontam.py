@@ -19,8 +19,6 @@ Three tests, cheapest first; the first that fires is reported:
 from __future__ import annotations
 
 import ast
-import gzip
-import json
 import math
 import re
 from collections import defaultdict
@@ -32,6 +30,7 @@ from typing import Literal
 import numpy as np
 
 from kodcode.errors import ConfigError
+from kodcode.jsonl import json_objects
 from kodcode.quality.dedup import Embedder, tokens
 
 __all__ = ["BenchmarkItem", "ContamMatch", "Decontaminator", "content_words", "humaneval_items"]
@@ -193,18 +192,8 @@ class Decontaminator:
     ) -> int:
         """Add every line of a JSONL (or .jsonl.gz) benchmark; returns how many items it held."""
         path = Path(path)
-        items: list[BenchmarkItem] = []
-        opener = gzip.open if path.suffix == ".gz" else open
-        try:
-            with opener(path, "rt", encoding="utf-8") as handle:
-                for lineno, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    items.append(_parse_line(path, lineno, line, name, text_field, id_field))
-        except OSError as exc:
-            raise ConfigError(f"benchmark file {path}: cannot be read ({exc.strerror or exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"benchmark file {path}: not UTF-8 text") from exc
+        items = [_benchmark_item(path, lineno, record, name, text_field, id_field)
+                 for lineno, record in json_objects(path, "benchmark file")]
         if not items:
             raise ConfigError(f"benchmark file {path}: holds no items")
         self.add_items(items)
@@ -284,15 +273,9 @@ class Decontaminator:
         return ContamMatch(item.benchmark, item.item_id, "semantic", float(scores[best]))
 
 
-def _parse_line(
-    path: Path, lineno: int, line: str, name: str, text_field: str, id_field: str | None
+def _benchmark_item(
+    path: Path, lineno: int, record: dict[str, object], name: str, text_field: str, id_field: str | None
 ) -> BenchmarkItem:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"benchmark file {path}: line {lineno} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(record, dict):
-        raise ConfigError(f"benchmark file {path}: line {lineno} is not a JSON object")
     text = record.get(text_field)
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"benchmark file {path}: line {lineno} has no text field {text_field!r}")

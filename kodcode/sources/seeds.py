@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 
 from kodcode.errors import ConfigError
+from kodcode.jsonl import json_objects
 from kodcode.messages import ProposeTask
 from kodcode.parsing import clean_question
 from kodcode.sources.base import ask
@@ -39,26 +40,8 @@ def load_seeds(path: Path, *, field: str | None = None, split: str | None = None
     "train" by default). `field` names the text field; by default the first of question/text/problem."""
     if path.is_dir():
         return _load_saved_dataset(path, field=field, split=split)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"seed file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"seed file {path} cannot be read: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"seed file {path} is not UTF-8 (byte {exc.start}); convert it with iconv") from None
     seeds: list[Seed] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"seed file {path} line {number}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"seed file {path} line {number}: expected a JSON object")
+    for number, record in json_objects(path, "seed file"):
         question = _text_of(record, field)
         if not question:
             wanted = f'"{field}"' if field else '"question"'
