@@ -188,7 +188,7 @@ class FakeCoder:
             return "joint"
         if "Convert the coding question below into a Python code completion task" in text:
             return "rewrite"
-        if "Write pytest unit tests for the function" in text:
+        if "Write pytest unit tests for `" in text:
             return "tests"
         if "Write a Python solution for the question below" in text:
             return "solve"

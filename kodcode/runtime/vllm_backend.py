@@ -15,6 +15,7 @@ vllm is imported only here, only when this backend is chosen.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 import uuid
@@ -194,6 +195,7 @@ class VLLMTransport:
         # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals are gone and that
         # prints a TypeError. Dropping the engine now lets it be collected while they are still there.
         self._engine = None
+        gc.collect()     # the engine sits in reference cycles (its output task); collect them now, not at exit
 
 
 def _engine_args(settings: VLLMEngineSettings, on_cpu: bool) -> Any:
