@@ -168,6 +168,8 @@ class Config(_Strict):
     def role(self, name: str) -> RoleSettings:
         """The role's settings: what the user set, over the role's own defaults."""
         default = _DEFAULT_ROLES[name]
+        if self.effective_backend == "embedded" and name in _EMBEDDED_ROLE_LIMITS:
+            default = default.model_copy(update=_EMBEDDED_ROLE_LIMITS[name])
         given = self.roles.get(name)  # type: ignore[call-overload]
         if given is None:
             return default
@@ -190,6 +192,12 @@ _DEFAULT_ROLES: dict[str, RoleSettings] = {
     # The paper sampled DeepSeek-R1 at T=1.0 with 16k tokens: reasoning traces are long.
     "reasoning": RoleSettings(temperature=1.0, top_p=0.95, max_tokens=16384),
 }
+
+
+# The embedded 0.5B model sometimes repeats asserts until its token limit; 3-5 short tests fit in far
+# fewer tokens, and at ~50 tok/s on two cores every runaway token is time (measured: testers spent 76% of
+# a run's completion tokens at max_tokens 1024). A tail cut off by the limit is trimmed, not failed.
+_EMBEDDED_ROLE_LIMITS: dict[str, dict[str, int]] = {"solver": {"max_tokens": 768}, "tester": {"max_tokens": 512}}
 
 
 def _describe(error: ValidationError) -> str:

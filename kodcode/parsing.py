@@ -62,10 +62,23 @@ def _parses(source: str) -> bool:
     return True
 
 
-def extract_code(text: str, *, prefer: str | None = None) -> str:
+def _complete_prefix(code: str) -> str | None:
+    """The longest run of whole lines from the top that parses: what a model wrote before it was cut off
+    by its token limit (small models repeat asserts until then)."""
+    lines = code.splitlines()
+    for end in range(len(lines) - 1, max(0, len(lines) // 2) - 1, -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        if candidate and _parses(candidate):
+            return candidate
+    return None
+
+
+def extract_code(text: str, *, prefer: str | None = None, truncated: bool = False) -> str:
     """The Python code in a model answer: the first python fence, else any fence, else the whole text
     when it parses as Python. Prose around the code is ignored. With `prefer`, the first block that
-    matches that regex wins (a tester often repeats the solution in a block before its tests)."""
+    matches that regex wins (a tester often repeats the solution in a block before its tests). With
+    `truncated` (the answer hit its token limit), an unfinished tail is dropped, whole lines at a time,
+    keeping at least half of the code."""
     _, answer = split_reasoning(text)
     blocks = [(lang.lower(), body) for lang, body in _FENCE.findall(answer)]
     python_blocks = [body for lang, body in blocks if lang in _PYTHON_LANGS]
@@ -82,6 +95,8 @@ def extract_code(text: str, *, prefer: str | None = None) -> str:
     code = textwrap.dedent(candidates[0]).strip("\n")
     if not code.strip():
         raise ParseFailure("empty code block")
+    if truncated and not _parses(code) and (whole := _complete_prefix(code)) is not None:
+        code = whole
     try:
         ast.parse(code)
     except SyntaxError as exc:

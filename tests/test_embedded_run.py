@@ -62,7 +62,7 @@ def _gone(pid: int, timeout: float = 15) -> bool:
 
 def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
     db = run_dir / "kc.db"
-    result = run_kodcode("run", "--concurrency", "4", "--target", "3", "--max-attempts", "6", "--db", str(db),
+    result = run_kodcode("run", "--concurrency", "4", "--target", "3", "--max-attempts", "4", "--db", str(db),
                          timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3

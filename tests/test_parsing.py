@@ -276,3 +276,15 @@ def test_extract_code_prefers_the_block_with_tests() -> None:
               "And the tests:\n```python\nfrom solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n```")
     assert extract_code(answer).startswith("def add")
     assert extract_code(answer, prefer=r"^\s*def test_").startswith("from solution import add")
+
+
+def test_a_truncated_answer_keeps_its_whole_lines_only_when_cut_off() -> None:
+    from kodcode.parsing import ParseFailure, extract_code
+
+    cut = ("```python\nfrom solution import rev\n\ndef test_rev():\n    assert rev([1]) == [1]\n"
+           "    assert rev([1, 2]) == [2, 1]\n    assert rev([1, 2, 3]) == [3, 2")
+    kept = extract_code(cut, truncated=True)
+    assert kept.rstrip().endswith("assert rev([1, 2]) == [2, 1]")
+    # Without the token limit as the cause, broken code is the model's error, not ours to repair.
+    with pytest.raises(ParseFailure, match="never closed"):
+        extract_code(cut)

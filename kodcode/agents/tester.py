@@ -24,7 +24,8 @@ class Tester:
         response = await ctx.llm.complete(request)
         lineage = response.lineage(request)
         try:
-            tests = extract_code(response.text, prefer=r"^\s*def test_")
+            tests = extract_code(response.text, prefer=r"^\s*def test_",
+                                 truncated=response.finish_reasons[:1] == ("length",))
         except ParseFailure as exc:
             reason = f"tester output unusable: {exc}"
             await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="tester", lineage=lineage,
