@@ -100,3 +100,11 @@ def test_exports_round_trip_with_their_schema(post_training_run: Path, tmp_path:
 
     assert run_kodcode("export", "--db", str(db), "--out", str(out / "hard.jsonl"), "--difficulty", "hard").returncode == 0
     assert all(json.loads(line)["gpt_difficulty"] == "hard" for line in (out / "hard.jsonl").read_text().splitlines())
+
+
+def test_kept_answers_carry_the_renamed_code(post_training_run: Path) -> None:
+    rows = query(post_training_run, "SELECT response, code, renamed_from FROM responses WHERE passed=1 AND renamed_from IS NOT NULL")
+    assert rows
+    for response, code, renamed_from in rows:
+        answer = response.rpartition("</think>")[2]
+        assert f"def {renamed_from}(" not in answer and code.strip() in answer

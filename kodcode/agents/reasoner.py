@@ -89,7 +89,11 @@ class Reasoner:
                          passed=False, reason=str(exc))
             return
         verdict = await ctx.sandbox.run(code, task.tests)
-        await ctx.records.save_response(task, request.model, response.text, reasoning, code, renamed_from,
+        # The kept answer must be the code that was tested: rename in the answer, never in the trace.
+        text = response.text
+        if renamed_from is not None:
+            text = text[:len(text) - len(answer)] + re.sub(rf"\b{re.escape(renamed_from)}\b", task.entry_point, answer)
+        await ctx.records.save_response(task, request.model, text, reasoning, code, renamed_from,
                                         verdict.passed, verdict.reason, verdict.coverage, lineage)
         ctx.log.info("response_judged", item_id=task.item_id, style=task.style, sample=task.sample,
                      passed=verdict.passed, reason=verdict.reason, renamed_from=renamed_from)
