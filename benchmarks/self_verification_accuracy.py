@@ -144,7 +144,7 @@ class ScriptedHumanEvalCoder:
         question, problem = entry
         number = int(question.question_id.rsplit("/", 1)[1])
         solution = problem["prompt"] + problem["canonical_solution"]
-        if "Write pytest unit tests for the function" in text:
+        if "Write pytest unit tests for `" in text:
             examples = doctest_examples(problem["prompt"])
             if number % 2:
                 examples = examples[:1]
