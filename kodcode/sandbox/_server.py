@@ -10,6 +10,7 @@ afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -25,6 +26,7 @@ __all__ = ["main"]
 SCRATCH_DIRS: list[str] = []
 ISOLATED = False
 WINDOWS: CoverageWindows
+PREPARED: PreparedSession
 REPORT_CAP = 4 << 20
 PR_SET_DUMPABLE = 4
 
@@ -51,20 +53,6 @@ def preimport() -> None:
     # frame and walks sys.modules: about 20 ms per task, more than the rest of starting coverage.
     if hasattr(coverage.collector, "short_stack"):
         coverage.collector.short_stack = lambda *args, **kwargs: ""
-    import _pytest.assertion.rewrite as rewrite
-
-    # Rewriting the test module's asserts is a big AST walk in Python, and runs inside the collection
-    # window only because the import it belongs to does; tracing it costs a few ms per task.
-    rewrite_test = getattr(rewrite, "_rewrite_test", None)
-    if rewrite_test is not None:
-        def untraced_rewrite_test(*args, **kwargs):
-            WINDOWS.pause()
-            try:
-                return rewrite_test(*args, **kwargs)
-            finally:
-                WINDOWS.resume()
-
-        rewrite._rewrite_test = untraced_rewrite_test
 
 
 def drop_privileges(uid: int, gid: int) -> None:
@@ -102,14 +90,6 @@ class CoverageWindows:
         if self.depth == 0:
             self.cov.stop()
 
-    def pause(self) -> None:
-        if self.depth:
-            self.cov.stop()
-
-    def resume(self) -> None:
-        if self.depth:
-            self.cov.start()
-
     def percent(self) -> float | None:
         try:
             _, statements, _, missing, _ = self.cov.analysis2(self.path)
@@ -128,6 +108,9 @@ class Recorder:
         self.windows = windows
         self.phases: dict[str, str | None] = {}
 
+    def bind(self, fd: int, nonce: str, per_test_s: float) -> None:
+        self.fd, self.nonce, self.per_test_s = fd, nonce, per_test_s
+
     def emit(self, record: dict) -> None:
         record["nonce"] = self.nonce
         data = (json.dumps(record) + "\n").encode()
@@ -143,7 +126,7 @@ class Recorder:
             try:
                 result = yield
             except BaseException as exc:
-                self.phases[name] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                self.phases[name] = describe(exc)
                 raise
             finally:
                 self.windows.close()
@@ -168,7 +151,7 @@ class Recorder:
                 try:
                     result = yield
                 except BaseException as exc:
-                    plugin.phases["call"] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                    plugin.phases["call"] = describe(exc)
                     raise
                 finally:
                     signal.setitimer(signal.ITIMER_REAL, 0)
@@ -218,6 +201,24 @@ class Recorder:
         })
 
 
+def describe(exc: BaseException) -> str:
+    """A failure in a line; a bare `assert` (asserts are not rewritten) is shown by its source line."""
+    text = str(exc).strip()
+    if not text and isinstance(exc, AssertionError):
+        import linecache
+
+        tb, where = exc.__traceback__, None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith(("/test_solution.py", "/solution.py")):
+                where = tb
+            tb = tb.tb_next
+        if where is not None:
+            filename = where.tb_frame.f_code.co_filename
+            line = linecache.getline(filename, where.tb_lineno).strip()
+            text = f"{line} ({os.path.basename(filename)}:{where.tb_lineno})"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
 class PerTestTimeout(Exception):
     pass
 
@@ -254,14 +255,18 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
     os.dup2(out_fd, 1)
     os.dup2(out_fd, 2)
     os.dup2(report_fd, 3)
-    os.closerange(4, 1 << 16)
+    start = 4
+    for kept in PREPARED.fds:
+        os.closerange(start, kept)
+        start = kept + 1
+    os.closerange(start, 1 << 16)
     sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
     sys.stderr = sys.stdout
     sys.stdin = open(0, encoding="utf-8", closefd=False)
 
-    recorder = Recorder(3, req["nonce"], float(limits["per_test_s"]), WINDOWS)
-    exit_code = run_pytest(workdir, recorder)
-    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})
+    PREPARED.recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
+    exit_code = PREPARED.run()
+    PREPARED.recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})
     sys.stdout.flush()
 
 
@@ -271,14 +276,90 @@ def write_task_files(solution: str, tests: str) -> None:
             fh.write(text)
 
 
+def open_fds() -> list[int]:
+    listed = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    open_now = []
+    for fd in listed:  # one of them was the listing's own, now closed
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        open_now.append(fd)
+    return open_now
+
+
+def pytest_args(workdir: str) -> list[str]:
+    # faulthandler would keep a copy of the server's stderr for every child to write to. Rewriting
+    # asserts is a Python AST pass over every test file, an eighth of a task; a failed bare assert is
+    # described by its source line instead (see describe).
+    # -s: no global capture. Capturing would dup files onto fds 1 and 2 while the server prepares the
+    # session, and the server answers on fd 1; a child's prints reach the host's capped output pipe
+    # anyway, and capsys/capfd still work.
+    return [f"{workdir}/test_solution.py", "-q", "-s", "-p", "no:cacheprovider", "-p", "no:faulthandler", "--assert=plain", "--rootdir", workdir,
+            "-c", f"{workdir}/pytest.ini", "--no-header", "-W", "ignore::pytest.PytestWarning"]
+
+
 def run_pytest(workdir: str, recorder: Recorder) -> int:
     import pytest
 
-    return pytest.main(
-        [f"{workdir}/test_solution.py", "-q", "-p", "no:cacheprovider", "--rootdir", workdir,
-         "-c", f"{workdir}/pytest.ini", "--no-header", "-W", "ignore::pytest.PytestWarning"],
-        plugins=[recorder],
-    )
+    return pytest.main(pytest_args(workdir), plugins=[recorder])
+
+
+class PreparedSession:
+    """pytest parsed, configured and its session started once in the server, for the task directory.
+
+    Parsing the arguments, registering some 30 plugins and collecting their fixtures is over half of
+    a plain `pytest.main` and is the same for every task, because every task runs in the same
+    directory with the same arguments. Each forked child inherits this state copy-on-write and only
+    collects test_solution.py, runs it and finishes the session (what `wrap_session` does after
+    `pytest_sessionstart`). A child cannot change the server's copy, so every task starts from it.
+    """
+
+    def __init__(self, workdir: str) -> None:
+        from _pytest.config import _prepareconfig
+        from _pytest.main import ExitCode, Session
+
+        self.recorder = Recorder(-1, "", 1.0, WINDOWS)
+        before = set(open_fds())
+        os.mkdir(workdir, 0o700)
+        os.chdir(workdir)
+        # The paths must exist while the arguments are resolved; the ini pins pytest's configuration.
+        write_task_files("", "def test_placeholder():\n    pass\n")
+        self.config = _prepareconfig(pytest_args(workdir), plugins=[self.recorder])
+        self.config._do_configure()
+        self.session = Session.from_config(self.config)
+        self.session.exitstatus = ExitCode.OK
+        self.config.hook.pytest_sessionstart(session=self.session)
+        # Files the session keeps open (the logging plugin's /dev/null log file) must survive the
+        # child's fd sweep. They are opened while fds 0-6 are taken, so they never sit on fd 3, where
+        # the child puts its report pipe; only /dev/null is allowed through.
+        self.fds = sorted(set(open_fds()) - before)
+        for fd in self.fds:
+            if fd < 4 or os.readlink(f"/proc/self/fd/{fd}") != "/dev/null":
+                raise RuntimeError(f"prepared pytest session holds fd {fd}: {os.readlink(f'/proc/self/fd/{fd}')}")
+
+    def run(self) -> int:
+        from _pytest.main import ExitCode, _main
+        from _pytest.outcomes import Exit
+
+        config, session = self.config, self.session
+        try:
+            session.exitstatus = _main(config, session) or ExitCode.OK
+        except session.Failed:
+            session.exitstatus = ExitCode.TESTS_FAILED
+        except (KeyboardInterrupt, Exit) as exc:
+            code = getattr(exc, "returncode", None)
+            session.exitstatus = code if code is not None else ExitCode.INTERRUPTED
+        except BaseException:
+            session.exitstatus = ExitCode.INTERNAL_ERROR
+        finally:
+            os.chdir(session.startpath)
+            try:
+                config.hook.pytest_sessionfinish(session=session, exitstatus=session.exitstatus)
+            except Exit as exc:
+                session.exitstatus = exc.returncode if exc.returncode is not None else ExitCode.INTERRUPTED
+            config._ensure_unconfigure()
+        return int(session.exitstatus)
 
 
 WARM_UP_SOLUTION = """
@@ -328,18 +409,15 @@ class TestGroup:
 """
 
 
-def warm_up() -> None:
-    """Run pytest once on trusted files, in this process, so every child starts warm.
+@contextlib.contextmanager
+def quiet_in(workdir: str):
+    """Run in-process pytest work in `workdir` with fds 0-2 on /dev/null, then put back what a child could notice.
 
-    That leaves pytest's lazy imports done, its regexes compiled and coverage's per-file tracing
-    decisions cached (the warm-up files are not measured), which is over a third of a cold child's
-    time. Everything the run changes that a child could notice (fds, cwd, sys.path, the imported
-    warm-up modules) is put back.
+    fds, streams, cwd, sys.path, the alarm handler and any module imported from `workdir` are
+    restored, so only warm caches (and what the caller keeps) remain.
     """
     import linecache
 
-    workdir = f"{SCRATCH_DIRS[0]}/warm-up"
-    os.mkdir(workdir, 0o700)
     saved_fds = [os.dup(fd) for fd in (0, 1, 2)]
     saved_streams = (sys.stdin, sys.stdout, sys.stderr)
     saved_path, saved_cwd = list(sys.path), os.getcwd()
@@ -350,11 +428,9 @@ def warm_up() -> None:
             os.dup2(devnull, fd)
         sys.stdout = sys.stderr = open(1, "w", encoding="utf-8", closefd=False)
         sys.stdin = open(0, encoding="utf-8", closefd=False)
-        os.chdir(workdir)
-        write_task_files(WARM_UP_SOLUTION, WARM_UP_TESTS)
-        run_pytest(workdir, Recorder(devnull, "warm-up", 60.0, WINDOWS))
-        CoverageWindows(f"{workdir}/solution.py").percent()  # compiles the source parser's regexes
+        yield devnull
     finally:
+        sys.stdout.flush()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, saved_alarm)
         for fd, saved in zip((0, 1, 2), saved_fds):
@@ -370,6 +446,29 @@ def warm_up() -> None:
         for key in [k for k in sys.path_importer_cache if str(k).startswith(workdir)]:
             del sys.path_importer_cache[key]
         linecache.clearcache()
+
+
+def warm_up() -> None:
+    """Run pytest once on trusted files, in this process, so every child starts warm.
+
+    That leaves pytest's lazy imports done, its regexes compiled and coverage's per-file tracing
+    decisions cached (the warm-up files are not measured), which is over a third of a cold child's
+    time.
+    """
+    workdir = f"{SCRATCH_DIRS[0]}/warm-up"
+    os.mkdir(workdir, 0o700)
+    with quiet_in(workdir) as devnull:
+        os.chdir(workdir)
+        write_task_files(WARM_UP_SOLUTION, WARM_UP_TESTS)
+        run_pytest(workdir, Recorder(devnull, "warm-up", 60.0, WINDOWS))
+        CoverageWindows(f"{workdir}/solution.py").percent()  # compiles the source parser's regexes
+
+
+def prepare() -> PreparedSession:
+    """The session every child runs in; its terminal writer holds fd 1, the child's output pipe there."""
+    workdir = f"{SCRATCH_DIRS[0]}/task"
+    with quiet_in(workdir):
+        return PreparedSession(workdir)
 
 
 def wipe_scratch() -> None:
@@ -511,7 +610,7 @@ def run_task(req: dict) -> dict:
 
 
 def main() -> None:
-    global ISOLATED, WINDOWS
+    global ISOLATED, WINDOWS, PREPARED
     uid, gid = int(sys.argv[1]), int(sys.argv[2])
     SCRATCH_DIRS.append(sys.argv[3])
     ISOLATED = sys.argv[4] == "1"
@@ -525,6 +624,8 @@ def main() -> None:
     wipe_scratch()
     WINDOWS = CoverageWindows(f"{SCRATCH_DIRS[0]}/task/solution.py")
     warm_up()
+    wipe_scratch()
+    PREPARED = prepare()
     wipe_scratch()
     import gc
 
