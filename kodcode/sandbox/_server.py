@@ -3,9 +3,10 @@
 The host starts it as `python -I -c <this source> <uid> <gid> <scratch dir> <isolated 0|1>`. It pre-imports pytest and coverage,
 drops to an unprivileged uid when started as root, then reads one JSON request per line on stdin
 and answers one JSON line on stdout. Before its first request it runs pytest once on trusted files
-(see warm_up), so children inherit warm caches. Each task runs in a freshly forked child in a fresh
-directory; everything the child leaves behind (processes, files in /tmp and /dev/shm) is destroyed
-afterwards.
+(see warm_up), so children inherit warm caches, then parses, configures and starts one pytest session
+for the task directory (see PreparedSession). Each task runs in a freshly forked child in a fresh
+directory, which only collects and runs the tests; everything the child leaves behind (processes,
+files in /tmp and /dev/shm) is destroyed afterwards.
 """
 
 from __future__ import annotations
