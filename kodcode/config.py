@@ -208,9 +208,10 @@ def _describe(error: ValidationError) -> str:
     return f"config key {where!r}: {first['msg']}"
 
 
-def load_config(path: Path | None, overrides: dict[str, Any]) -> Config:
-    """Config from an optional TOML file, with flag values (None = not given) laid over it."""
-    data: dict[str, Any] = {}
+def load_config(path: Path | None, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Config:
+    """Config from an optional TOML file (or `base`, e.g. a stored run's settings), with flag values
+    (None = not given) laid over it."""
+    data: dict[str, Any] = dict(base or {})
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -32,6 +32,7 @@ __all__ = [
     "open_readonly",
     "render_compare",
     "render_report",
+    "render_table",
     "wilson_interval",
 ]
 
@@ -275,10 +276,12 @@ def _llm_totals(conn: sqlite3.Connection) -> dict[str, Any]:
 
 # -- prompt comparison -------------------------------------------------------------------------------------
 
-def compare_prompts_rows(attempts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pass rate of judged attempts per (role, template, template_hash) for the solver and tester."""
-    tallies: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
-    models: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+def compare_prompts_rows(attempts: Iterable[dict[str, Any]],
+                         trials: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Pass rate per (role, template, template_hash, source) for the solver and tester: judged run
+    attempts (source "run") and prompt trials from `kodcode.iterate` (source "iterate")."""
+    tallies: dict[tuple[str, str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    models: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
     for attempt in attempts:
         if attempt["state"] != "judged":
             continue
@@ -287,23 +290,34 @@ def compare_prompts_rows(attempts: Iterable[dict[str, Any]]) -> list[dict[str, A
             info = _attempt_role_info(lineage, role)
             if not info:
                 continue
-            key = (role, str(info.get("template") or "?"), str(info.get("template_hash") or "?"))
+            key = (role, str(info.get("template") or "?"), str(info.get("template_hash") or "?"), "run")
             tallies[key][0] += int(bool(attempt["passed"]))
             tallies[key][1] += 1
             if info.get("model"):
                 models[key].add(str(info["model"]))
+    for trial in trials:
+        key = (trial["stage"], trial["template"], trial["template_hash"], "iterate")
+        tallies[key][0] += int(bool(trial["passed"]))
+        tallies[key][1] += 1
+        if trial.get("model"):
+            models[key].add(str(trial["model"]))
     rows = []
     for key in sorted(tallies):
         passed, total = tallies[key]
         low, high = wilson_interval(passed, total)
-        rows.append({"role": key[0], "template": key[1], "template_hash": key[2], "models": sorted(models[key]),
-                     "attempts": total, "passed": passed, "pass_rate": passed / total, "ci95": [low, high]})
+        rows.append({"role": key[0], "template": key[1], "template_hash": key[2], "source": key[3],
+                     "models": sorted(models[key]), "attempts": total, "passed": passed,
+                     "pass_rate": passed / total, "ci95": [low, high]})
     return rows
 
 
 def compare_prompts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return compare_prompts_rows(dict(row) for row in conn.execute(
+    attempts = (dict(row) for row in conn.execute(
         "SELECT item_id, attempt, state, passed, lineage FROM attempts ORDER BY item_id, attempt"))
+    has_trials = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='prompt_trials'").fetchone()
+    trials = [dict(row) for row in conn.execute(
+        "SELECT stage, template, template_hash, model, passed FROM prompt_trials")] if has_trials else []
+    return compare_prompts_rows(attempts, trials)
 
 
 # -- text rendering ----------------------------------------------------------------------------------------
@@ -322,7 +336,7 @@ def _usd(value: float | None) -> str:
     return "-" if value is None else f"${value:,.4f}"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ", left: int = 1) -> list[str]:
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ", left: int = 1) -> list[str]:
     """Aligned columns: the first `left` (names) to the left, the figures to the right."""
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
     align = lambda cells: indent + "  ".join(  # noqa: E731
@@ -333,7 +347,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = 
 def _yield_table(title: str, groups: dict[str, dict[str, Any]]) -> list[str]:
     rows = [[name, str(g["settled"]), str(g["verified"]), str(g["failed"]), _pct(g["yield"]), _pct(g["solve_rate"])]
             for name, g in groups.items()]
-    return [title, *_table([title.split(" by ")[-1].rstrip(":"), "settled", "verified", "failed", "yield", "solved"], rows)]
+    return [title, *render_table([title.split(" by ")[-1].rstrip(":"), "settled", "verified", "failed", "yield", "solved"], rows)]
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -352,12 +366,12 @@ def render_report(report: dict[str, Any]) -> str:
         lines += _yield_table(title, report["yield"][key])
     prompt_rows = [[name, str(v["attempts"]), str(v["passed"]), _pct(v["pass_rate"])]
                    for name, v in report["yield"]["by_attempt_prompt"].items()]
-    lines += ["attempt pass rate by prompt version:", *_table(["role:template@hash", "attempts", "passed", "rate"], prompt_rows)]
+    lines += ["attempt pass rate by prompt version:", *render_table(["role:template@hash", "attempts", "passed", "rate"], prompt_rows)]
     cost_rows = [[role, _num(v["calls"]), _num(v["prompt_tokens"]), _num(v["completion_tokens"]), _usd(v["usd"]),
                   _num(v["tokens_per_accepted"]), _usd(v["usd_per_accepted"])]
                  for role, v in [*cost["by_role"].items(), ("total", cost["total"])]]
     lines += ["", f"cost per accepted triplet ({cost['accepted']} accepted; every call counted, failed attempts too):",
-              *_table(["role", "calls", "prompt tok", "compl tok", "usd", "tok/accepted", "usd/accepted"], cost_rows)]
+              *render_table(["role", "calls", "prompt tok", "compl tok", "usd", "tok/accepted", "usd/accepted"], cost_rows)]
     distribution = ", ".join(f"{n}: {c}" for n, c in attempts["distribution"].items()) or "none"
     lines += ["", f"attempts per question: mean {_num(attempts['mean'], 2)} over {attempts['questions']} settled questions "
                   f"(to first pass {_num(attempts['mean_to_first_pass'], 2)}); {attempts['judged']} judged, "
@@ -367,10 +381,10 @@ def render_report(report: dict[str, Any]) -> str:
     for key, title in (("attempts", "attempt failure reasons"), ("items", "questions lost, by reason"),
                        ("rewrites", "rewrites rejected, by reason")):
         ranked = report["failure_reasons"][key]
-        lines += ["", f"{title}:", *_table(["reason", "count"], [[r["reason"], str(r["count"])] for r in ranked])]
+        lines += ["", f"{title}:", *render_table(["reason", "count"], [[r["reason"], str(r["count"])] for r in ranked])]
     gate_rows = [[subset, str(v["duplicate"]), str(v["contaminated"]), str(v["rejected"])]
                  for subset, v in report["gate_by_subset"].items()]
-    lines += ["", "gated questions by subset:", *_table(["subset", "duplicate", "contaminated", "rejected"], gate_rows)]
+    lines += ["", "gated questions by subset:", *render_table(["subset", "duplicate", "contaminated", "rejected"], gate_rows)]
     llm = report["llm"]
     lines += ["", f"llm: {llm['calls']:,} calls, {llm['prompt_tokens']:,} prompt + {llm['completion_tokens']:,} "
                   f"completion tokens, {_usd(llm['usd'])}, mean latency {llm['mean_latency_s']:.2f} s"]
@@ -379,10 +393,13 @@ def render_report(report: dict[str, Any]) -> str:
 
 
 def render_compare(rows: Sequence[dict[str, Any]]) -> str:
-    table = [[r["role"], r["template"], r["template_hash"], str(r["attempts"]), str(r["passed"]), _pct(r["pass_rate"]),
-              f"{_pct(r['ci95'][0])} - {_pct(r['ci95'][1])}", ",".join(r["models"])] for r in rows]
-    lines = ["attempt pass rate per prompt version (Wilson 95% interval):",
-             *_table(["role", "template", "hash", "attempts", "passed", "rate", "95% CI", "models"], table, left=3)]
+    table = [[r["role"], r["template"], r["template_hash"], r["source"], str(r["attempts"]), str(r["passed"]),
+              _pct(r["pass_rate"]), f"{_pct(r['ci95'][0])} - {_pct(r['ci95'][1])}", ",".join(r["models"])]
+             for r in rows]
+    lines = ["pass rate per prompt version (Wilson 95% interval; source run: the run's attempts, "
+             "iterate: kodcode.iterate trials on verified items):",
+             *render_table(["role", "template", "hash", "source", "trials", "passed", "rate", "95% CI", "models"],
+                           table, left=4)]
     return "\n".join(lines)
 
 

@@ -166,6 +166,8 @@ class FakeCoder:
     reasoning_script: dict[str, list[str]] = field(default_factory=dict)
     reasonings: Counter = field(default_factory=Counter)
     drift_rewrite: set[str] = field(default_factory=set)   # names whose completion rewrite changes the signature
+    # A prompt containing this text gets wrong solutions and one-case tests (a worse prompt, for iteration).
+    worse_when: str | None = None
     on_request: Callable[[str, ScriptedRequest], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -216,7 +218,7 @@ class FakeCoder:
                 number = self.solves[problem.name]
             if problem.name in self.broken_format and number == 1:
                 return "Sure! The answer is to loop over the values and add them."
-            wrong = number <= self.fail_first.get(problem.name, 0)
+            wrong = number <= self.fail_first.get(problem.name, 0) or self._worse(request)
             solution = problem.solution(wrong=wrong)
             if kind == "solve":
                 return fenced(solution)
@@ -230,7 +232,7 @@ class FakeCoder:
             script = self.reasoning_script.get(problem.name, ["renamed"])
             return reasoning_answer(problem, script[number % len(script)])
         if kind == "tests":
-            return fenced(problem.tests(weak=problem.name in self.weak_tests))
+            return fenced(problem.tests(weak=problem.name in self.weak_tests or self._worse(request)))
         if kind == "rewrite":
             signature = re.search(r"the function signature `([^`]*)`", request.user)
             header = signature.group(1) if signature else f"def {problem.name}({problem.params})"
@@ -240,6 +242,9 @@ class FakeCoder:
                     f"    >>> {problem.name}({problem.cases[0][0]})\n    {problem.cases[0][1]}\n    \"\"\"\n```\n"
                     "<|Completion End|>")
         return "unknown request"
+
+    def _worse(self, request: ScriptedRequest) -> bool:
+        return self.worse_when is not None and self.worse_when in request.text
 
     def _propose(self, request: ScriptedRequest, kind: str) -> str:
         # Distinct problems in the order requests arrive is not deterministic under concurrency; derive the

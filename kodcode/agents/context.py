@@ -27,6 +27,7 @@ class AgentContext:
     prompts: PromptLibrary
     models: dict[str, str]      # role -> model name actually used
     log: Any
+    seed_salt: str = ""         # set apart every seed (prompt iteration samples beside the run's own)
 
     def request(self, role: str, prompt: RenderedPrompt, *, item_id: str, attempt: int | None = None,
                 salt: str = "", raw_prompt: str | None = None, stop: tuple[str, ...] = ()) -> LLMRequest:
@@ -41,7 +42,7 @@ class AgentContext:
             top_p=settings.top_p,
             max_tokens=settings.max_tokens,
             stop=tuple(settings.stop) + stop,
-            seed=stable_seed(self.config.seed, role, item_id, attempt, salt),
+            seed=stable_seed(self.config.seed, role, item_id, attempt, self.seed_salt + salt),
             template=prompt.template,
             template_hash=prompt.template_hash,
             item_id=item_id,

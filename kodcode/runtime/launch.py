@@ -36,7 +36,7 @@ from kodcode.sandbox import open_sandbox
 from kodcode.sandbox.base import Limits
 from kodcode.sources import SourceMix
 
-__all__ = ["launch"]
+__all__ = ["launch", "role_models", "start_endpoint", "user_error"]
 
 
 def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -58,7 +58,7 @@ def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     try:
         summary = anyio.run(_run, config, args.db, live, backend="asyncio")
     except (KodcodeError, BaseExceptionGroup) as exc:
-        error = _user_error(exc)
+        error = user_error(exc)
         if error is None:
             raise
         if args.debug:
@@ -71,13 +71,13 @@ def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     return 0
 
 
-def _user_error(exc: BaseException) -> KodcodeError | None:
+def user_error(exc: BaseException) -> KodcodeError | None:
     """The KodcodeError behind `exc`: an actor's store or LLM failure reaches main inside task-group groups."""
     if isinstance(exc, KodcodeError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            if (found := _user_error(inner)) is not None:
+            if (found := user_error(inner)) is not None:
                 return found
     return None
 
@@ -94,15 +94,15 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
     async with AsyncExitStack() as stack:
         # A configured endpoint is checked first: a wrong URL or model must not create or touch the store.
         # The embedded model starts after the store is open, so a store in use costs no model start.
-        endpoint = await _endpoint(config, db_path.parent, stack) if config.effective_backend == "openai" else None
+        endpoint = await start_endpoint(config, db_path.parent, stack) if config.effective_backend == "openai" else None
         if endpoint is not None:
-            _prices(config, _models(config, endpoint[1]))   # an unpriced --budget-usd must not create the store
+            _prices(config, role_models(config, endpoint[1]))   # an unpriced --budget-usd must not create the store
         store = await Store.open(db_path)
         stack.push_async_callback(store.aclose)
         records = Records(store)
         spent = await records.spent()
-        base_url, default_model, default_transport = endpoint or await _endpoint(config, db_path.parent, stack)
-        models = _models(config, default_model)
+        base_url, default_model, default_transport = endpoint or await start_endpoint(config, db_path.parent, stack)
+        models = role_models(config, default_model)
         prices = _prices(config, models)
         budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
                         prices=prices, spent=BudgetSpent(calls=int(spent["calls"]),
@@ -172,7 +172,7 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         return summary
 
 
-def _models(config: Config, default_model: str) -> dict[str, str]:
+def role_models(config: Config, default_model: str) -> dict[str, str]:
     return {role: config.role(role).model or default_model for role in ROLES}
 
 
@@ -188,7 +188,7 @@ def _prices(config: Config, models: dict[str, str]) -> dict[str, tuple[float, fl
     return prices
 
 
-async def _endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, LLMTransport]:
+async def start_endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, LLMTransport]:
     """(where, default model, transport): the configured endpoint, checked; the embedded model; or vLLM in process."""
     backend = config.effective_backend
     if backend == "vllm":

@@ -25,7 +25,7 @@ from kodcode.errors import SchemaError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps", "open_readonly"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Op = tuple[str, Sequence[Any]]
 
@@ -135,6 +135,27 @@ _MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE attempts ADD COLUMN mutation_score REAL;
     ALTER TABLE attempts ADD COLUMN gates TEXT;
+    """,
+    4: """
+    CREATE TABLE prompt_trials(
+        batch TEXT NOT NULL,
+        arm TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        item_id TEXT NOT NULL REFERENCES items(item_id),
+        sample INTEGER NOT NULL,
+        template TEXT NOT NULL,
+        template_hash TEXT NOT NULL,
+        model TEXT,
+        solution TEXT,
+        tests TEXT,
+        passed INTEGER NOT NULL,
+        reason TEXT,
+        coverage REAL,
+        mutation_score REAL,
+        gates TEXT,
+        lineage TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        PRIMARY KEY(batch, arm, item_id, sample));
     """,
 }
 

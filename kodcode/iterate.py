@@ -1,0 +1,399 @@
+"""`python -m kodcode.iterate`: try a changed prompt on one stage, on a sample of stored items, and compare.
+
+    python -m kodcode.iterate --db runs/kodcode.db --stage solver --prompts prompts-v2/ --sample 30
+
+The sample is drawn (by --seed) from the store's verified items, whose verified triplet is the fixed
+upstream: the solver stage writes new solutions that must pass the item's verified tests (in joint mode
+it writes solutions and tests together), and the tester stage writes new tests for the item's verified
+solution. Only the chosen stage calls the model; everything upstream comes from the store. Each new
+trial is judged like a run's (sandbox, vacuous-test and mutation gates; no cross-check, which would
+call the solver) and stored in the `prompt_trials` table, apart from the run's own attempts, so the
+run's data and export are untouched.
+
+Two arms run on the same items and seeds: the baseline (the prompts the run used) and the candidate
+(`--prompts DIR` laid over them). The baseline's calls are cached in the store, so iterating again on
+the same sample pays only for the new candidate. `report --compare-prompts` shows every version tried.
+The model and backend are the run's (from its stored config) unless flags say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import secrets
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kodcode.errors import ConfigError, KodcodeError, StoreError
+from kodcode.runtime.records import Records
+from kodcode.runtime.store import Store, dumps
+from kodcode.sandbox.base import Verdict
+
+__all__ = ["STAGES", "ItemSample", "TrialOutcome", "build_parser", "main", "sample_items"]
+
+STAGES = ("solver", "tester")
+DEFAULT_DB = Path("runs/kodcode.db")
+_SALT = "iterate"
+
+
+@dataclass(frozen=True)
+class ItemSample:
+    """A verified item and the triplet that verified it: the fixed upstream of every trial on it."""
+
+    item_id: str
+    question: str
+    solution: str
+    tests: str
+    entry_point: str
+
+
+@dataclass
+class TrialOutcome:
+    arm: str
+    item_id: str
+    sample: int
+    passed: bool
+    reason: str | None
+
+
+@dataclass
+class ArmResult:
+    arm: str
+    template: str
+    template_hash: str
+    prompts_dir: str | None
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+
+    @property
+    def passed(self) -> int:
+        return sum(o.passed for o in self.outcomes)
+
+
+def sample_items(conn: sqlite3.Connection, n: int, seed: int) -> list[ItemSample]:
+    """`n` verified items, the same ones for the same store and seed whatever order they were stored in."""
+    rows = conn.execute(
+        "SELECT i.item_id, i.question, a.solution, a.tests, COALESCE(a.entry_point, i.entry_point) AS entry_point"
+        " FROM items i JOIN attempts a ON a.item_id = i.item_id AND a.attempt = i.chosen_attempt"
+        " WHERE i.state = 'verified' AND a.solution IS NOT NULL AND a.tests IS NOT NULL").fetchall()
+    items = [ItemSample(r["item_id"], r["question"], r["solution"], r["tests"], r["entry_point"] or "") for r in rows]
+    items.sort(key=lambda item: hashlib.sha256(f"{seed}:{item.item_id}".encode()).hexdigest())
+    return items[:n]
+
+
+def stored_run_config(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The latest run's settings, as `kodcode.run` stored them (without what it added for the record)."""
+    row = conn.execute("SELECT config FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    if row is None:
+        raise StoreError("the store has no run to iterate on")
+    data = json.loads(row["config"])
+    for key in ("models", "prompts"):
+        data.pop(key, None)
+    return data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kodcode.iterate",
+        description="Re-run one stage with changed prompts on a sample of verified items; compare pass rates.")
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"the run's SQLite store (default {DEFAULT_DB})")
+    parser.add_argument("--stage", choices=STAGES, required=True,
+                        help="solver: new solutions against the items' verified tests (joint mode: solutions and "
+                             "tests); tester: new tests for the items' verified solutions")
+    parser.add_argument("--prompts", type=Path, required=True,
+                        help="directory of .j2 templates laid over the run's prompts: the candidate")
+    parser.add_argument("--sample", type=int, default=20, help="verified items to try (default 20)")
+    parser.add_argument("--samples-per-item", type=int, default=1, help="trials per item and arm (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="which items are drawn (default 0)")
+    parser.add_argument("--no-baseline", action="store_true", help="run only the candidate")
+    parser.add_argument("--concurrency", type=int, help="LLM requests in flight at most (default: the run's)")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint (default: the run's)")
+    parser.add_argument("--model", help="model name for every role (default: the run's)")
+    parser.add_argument("--backend", choices=("embedded", "vllm", "openai"), help="default: the run's")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--debug", action="store_true", help="debug logs on the console and full tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.sample < 1 or args.samples_per_item < 1:
+            raise ConfigError("--sample and --samples-per-item must be at least 1")
+        return _iterate(args)
+    except KodcodeError as exc:
+        print(f"kodcode: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _iterate(args: argparse.Namespace) -> int:
+    import anyio
+
+    from kodcode.config import load_config
+    from kodcode.prompts import PromptLibrary
+    from kodcode.runtime.launch import user_error
+    from kodcode.runtime.logging import EVENTS_FILE, close_logging, configure_logging
+    from kodcode.runtime.store import open_readonly
+
+    conn = open_readonly(args.db)
+    try:
+        base = stored_run_config(conn)
+        items = sample_items(conn, args.sample, args.seed)
+    except sqlite3.Error as exc:
+        raise StoreError(f"store {args.db} cannot be read: {exc}") from None
+    finally:
+        conn.close()
+    if not items:
+        raise ConfigError(f"store {args.db} has no verified items to iterate on; run kodcode.run first")
+    overrides = {"concurrency": args.concurrency, "base_url": args.base_url, "model": args.model,
+                 "backend": args.backend}
+    if args.base_url and not args.backend:
+        overrides["backend"] = "openai"
+    config = load_config(None, overrides, base=base)
+    # The cross-check asks the solver for another solution: a tester trial must touch the tester only.
+    config = config.model_copy(update={"gates": config.gates.model_copy(update={"cross_check": False})})
+    baseline_dir = config.prompts_dir
+    template = _template(config.effective_mode, args.stage)
+    candidate = PromptLibrary(_overlay(baseline_dir, args.prompts))
+    baseline = PromptLibrary(baseline_dir)
+    if candidate.template_hash(template) == baseline.template_hash(template):
+        raise ConfigError(f"--prompts {args.prompts} does not change {template}.j2 (the {args.stage} stage's prompt "
+                          f"in {config.effective_mode} mode): nothing to compare")
+    candidate.render(template, **_render_probe(template))   # a broken template fails before any call
+    configure_logging(args.db.parent / EVENTS_FILE, console_level="debug" if args.debug else "warning")
+    try:
+        arms = anyio.run(_run_arms, args, config, items, template, baseline, candidate, backend="asyncio")
+    except (KodcodeError, BaseExceptionGroup) as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        close_logging()
+    batch, results, llm_stats = arms
+    summary = _summary(batch, args, config.effective_mode, template, results, llm_stats, len(items))
+    print(json.dumps(summary, indent=2) if args.json else render(summary))
+    return 0
+
+
+def _template(mode: str, stage: str) -> str:
+    if stage == "tester":
+        if mode == "joint":
+            raise ConfigError("--stage tester: the run used joint mode, where the solver writes the tests; "
+                              "iterate on --stage solver")
+        return "test_split"
+    return "solve_and_test_joint" if mode == "joint" else "solve"
+
+
+def _render_probe(template: str) -> dict[str, str]:
+    return {"question": "Write a function f.", "solution": "def f():\n    return 1", "entry_point": "f"}
+
+
+def _overlay(baseline_dir: Path | None, candidate_dir: Path) -> Path:
+    """The candidate directory, laid over the run's own overlay when it had one."""
+    if not candidate_dir.is_dir():
+        raise ConfigError(f"--prompts {candidate_dir}: not a directory")
+    if baseline_dir is None:
+        return candidate_dir
+    import tempfile
+
+    merged = Path(tempfile.mkdtemp(prefix="kodcode-prompts-"))
+    for source in (baseline_dir, candidate_dir):
+        for path in source.glob("*.j2"):
+            (merged / path.name).write_bytes(path.read_bytes())
+    return merged
+
+
+async def _run_arms(args: argparse.Namespace, config: Any, items: Sequence[ItemSample], template: str,
+                    baseline: Any, candidate: Any) -> tuple[str, list[ArmResult], dict[str, int]]:
+    import anyio
+
+    from kodcode.agents.context import AgentContext
+    from kodcode.runtime.launch import role_models, start_endpoint
+    from kodcode.runtime.llm import LLMClient
+    from kodcode.runtime.logging import get_logger
+    from kodcode.sandbox import open_sandbox
+    from kodcode.sandbox.base import Limits
+
+    log = get_logger()
+    batch = secrets.token_hex(6)
+    arms = [] if args.no_baseline else [("baseline", baseline, str(config.prompts_dir) if config.prompts_dir else None)]
+    arms.append(("candidate", candidate, str(args.prompts)))
+    async with AsyncExitStack() as stack:
+        store = await Store.open(args.db)
+        stack.push_async_callback(store.aclose)
+        records = Records(store)
+        _, default_model, transport = await start_endpoint(config, args.db.parent, stack)
+        models = role_models(config, default_model)
+        llm = LLMClient({"default": transport}, records, concurrency=config.concurrency,
+                        max_retries=config.llm_max_retries, logger=log)
+        stack.push_async_callback(llm.aclose)
+        sandbox = await stack.enter_async_context(open_sandbox(
+            workers=config.sandbox.workers, isolation=config.sandbox.isolation,
+            limits=Limits(wall_s=config.sandbox.timeout_s)))
+        log.info("iterate_started", batch=batch, stage=args.stage, template=template, items=len(items),
+                 samples_per_item=args.samples_per_item, arms=[a[0] for a in arms])
+        results: list[ArmResult] = []
+        limiter = anyio.Semaphore(max(1, config.concurrency))
+        for arm, prompts, prompts_dir in arms:
+            result = ArmResult(arm, template, prompts.template_hash(template), prompts_dir)
+            results.append(result)
+            trial_records = TrialRecords(store, batch=batch, arm=arm, stage=args.stage, template=template,
+                                         template_hash=result.template_hash, model=models[args.stage])
+            ctx = AgentContext(config, llm, trial_records, sandbox, prompts, models, log, seed_salt=_SALT)
+
+            async def one(item: ItemSample, sample: int, ctx: AgentContext = ctx, result: ArmResult = result) -> None:
+                async with limiter:
+                    result.outcomes.append(await run_trial(ctx, args.stage, item, sample))
+
+            async with anyio.create_task_group() as tg:
+                for item in items:
+                    for sample in range(1, args.samples_per_item + 1):
+                        tg.start_soon(one, item, sample)
+        log.info("iterate_finished", batch=batch, **{r.arm: f"{r.passed}/{len(r.outcomes)}" for r in results})
+        return batch, results, llm.statistics()
+
+
+async def run_trial(ctx: Any, stage: str, item: ItemSample, sample: int) -> TrialOutcome:
+    """One trial of `stage` on `item`: the stage's agent with the item's stored upstream, then the Judge."""
+    from kodcode.agents.judge import Judge
+    from kodcode.agents.solver import Solver
+    from kodcode.agents.tester import Tester
+    from kodcode.messages import AttemptResult, AttemptTask
+
+    records: TrialRecords = ctx.records
+    if stage == "solver":
+        task = AttemptTask(item.item_id, sample, item.question)
+        out = await Solver(ctx).handle(task)
+        if isinstance(out, AttemptTask) and out.tests is None:
+            solution = out.solution or ""
+            if out.entry_point and item.entry_point and out.entry_point != item.entry_point:
+                solution += f"\n\n{item.entry_point} = {out.entry_point}\n"   # the verified tests import this name
+            out = replace(out, solution=solution, entry_point=item.entry_point, tests=item.tests)
+    else:
+        task = AttemptTask(item.item_id, sample, item.question, solution=item.solution,
+                           entry_point=item.entry_point)
+        out = await Tester(ctx).handle(task)
+    if isinstance(out, AttemptResult):
+        return TrialOutcome(records.arm, item.item_id, sample, False, out.reason)
+    records.remember(out)
+    judgement = await Judge(ctx).judge(out)
+    return TrialOutcome(records.arm, item.item_id, sample, judgement.passed, judgement.reason)
+
+
+class TrialRecords(Records):
+    """The records port for prompt trials: what the agents would write to an attempt goes to prompt_trials.
+
+    The Solver, Tester and Judge run unchanged; their attempt writes land here, one row per trial, so a
+    trial never touches the run's items, attempts or export. LLM calls are still recorded (and cached)
+    in the store by the LLM client, as in a run.
+    """
+
+    def __init__(self, store: Store, *, batch: str, arm: str, stage: str, template: str, template_hash: str,
+                 model: str) -> None:
+        super().__init__(store)
+        self.batch, self.arm, self.stage = batch, arm, stage
+        self.template, self.template_hash, self.model = template, template_hash, model
+        self._pending: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def remember(self, task: Any) -> None:
+        self._pending.setdefault((task.item_id, task.attempt), {}).update(
+            solution=task.solution, tests=task.tests)
+
+    async def save_solution(self, item_id: str, attempt: int, solution: str, entry_point: str,
+                            lineage: dict[str, Any]) -> None:
+        self._pending.setdefault((item_id, attempt), {}).update(solution=solution, lineage=lineage)
+
+    async def save_tests(self, item_id: str, attempt: int, tests: str, lineage: dict[str, Any],
+                         solution: str | None = None, entry_point: str | None = None) -> None:
+        pending = self._pending.setdefault((item_id, attempt), {})
+        pending.update(tests=tests, lineage=lineage)
+        if solution is not None:
+            pending["solution"] = solution
+
+    async def fail_attempt(self, item_id: str, attempt: int, reason: str, *, role: str | None = None,
+                           lineage: dict[str, Any] | None = None, raw_output: str | None = None) -> None:
+        pending = self._pending.pop((item_id, attempt), {})
+        column = "tests" if role == "tester" else "solution"
+        pending[column] = raw_output
+        await self._write(item_id, attempt, {**pending, "lineage": lineage or pending.get("lineage") or {}},
+                          passed=False, reason=reason)
+
+    async def save_verdict(self, item_id: str, attempt: int, verdict: Verdict, *,
+                           gates: dict[str, Any] | None = None, mutation_score: float | None = None) -> None:
+        pending = self._pending.pop((item_id, attempt), {})
+        await self._write(item_id, attempt, pending, passed=verdict.passed, reason=verdict.reason,
+                          coverage=verdict.coverage, mutation_score=mutation_score, gates=gates)
+
+    async def _write(self, item_id: str, sample: int, pending: dict[str, Any], *, passed: bool, reason: str | None,
+                     coverage: float | None = None, mutation_score: float | None = None,
+                     gates: dict[str, Any] | None = None) -> None:
+        await self.store.write([(
+            "INSERT OR REPLACE INTO prompt_trials(batch, arm, stage, item_id, sample, template, template_hash, model,"
+            " solution, tests, passed, reason, coverage, mutation_score, gates, lineage, created_at)"
+            " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (self.batch, self.arm, self.stage, item_id, sample, self.template, self.template_hash, self.model,
+             pending.get("solution"), pending.get("tests"), int(passed), reason, coverage, mutation_score,
+             None if gates is None else dumps(gates), dumps(pending.get("lineage") or {}), time.time()),
+        )])
+
+
+def _summary(batch: str, args: argparse.Namespace, mode: str, template: str, results: Sequence[ArmResult],
+             llm_stats: dict[str, int], n_items: int) -> dict[str, Any]:
+    from kodcode.report import wilson_interval
+
+    arms = []
+    for result in results:
+        total = len(result.outcomes)
+        low, high = wilson_interval(result.passed, total)
+        reasons: dict[str, int] = {}
+        for outcome in result.outcomes:
+            if not outcome.passed and outcome.reason:
+                key = outcome.reason.split(":")[0]
+                reasons[key] = reasons.get(key, 0) + 1
+        arms.append({"arm": result.arm, "template": result.template, "template_hash": result.template_hash,
+                     "prompts_dir": result.prompts_dir, "trials": total, "passed": result.passed,
+                     "pass_rate": result.passed / total if total else None, "ci95": [low, high],
+                     "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))})
+    paired = None
+    by_arm = {r.arm: {(o.item_id, o.sample): o.passed for o in r.outcomes} for r in results}
+    if "baseline" in by_arm and "candidate" in by_arm:
+        keys = by_arm["baseline"].keys() & by_arm["candidate"].keys()
+        better = sum(by_arm["candidate"][k] and not by_arm["baseline"][k] for k in keys)
+        worse = sum(by_arm["baseline"][k] and not by_arm["candidate"][k] for k in keys)
+        paired = {"trials": len(keys), "candidate_better": better, "candidate_worse": worse,
+                  "same": len(keys) - better - worse}
+    return {"batch": batch, "stage": args.stage, "mode": mode, "template": template, "items": n_items,
+            "samples_per_item": args.samples_per_item, "arms": arms, "paired": paired,
+            "llm": {"calls": llm_stats.get("calls", 0), "cache_hits": llm_stats.get("cache_hits", 0),
+                    "tokens": llm_stats.get("tokens", 0)}}
+
+
+def render(summary: dict[str, Any]) -> str:
+    from kodcode.report import render_table
+
+    lines = [f"kodcode.iterate: {summary['stage']} stage ({summary['template']}.j2, {summary['mode']} mode) on "
+             f"{summary['items']} verified items x {summary['samples_per_item']} (batch {summary['batch']})"]
+    rows = [[a["arm"], a["template_hash"], str(a["trials"]), str(a["passed"]),
+             "-" if a["pass_rate"] is None else f"{100 * a['pass_rate']:.1f}%",
+             f"{100 * a['ci95'][0]:.1f}% - {100 * a['ci95'][1]:.1f}%",
+             ", ".join(f"{k} {v}" for k, v in a["failure_reasons"].items()) or "-"] for a in summary["arms"]]
+    lines += render_table(["arm", "hash", "trials", "passed", "rate", "95% CI", "failures"], rows, left=1)
+    if summary["paired"]:
+        p = summary["paired"]
+        lines.append(f"  same items and seeds: candidate passes where baseline failed {p['candidate_better']}, "
+                     f"fails where baseline passed {p['candidate_worse']}, agrees {p['same']}")
+    llm = summary["llm"]
+    lines.append(f"  llm: {llm['calls']} calls ({llm['cache_hits']} from cache), {llm['tokens']} tokens; "
+                 "history of every version: python -m kodcode.report --compare-prompts")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
