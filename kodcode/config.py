@@ -64,7 +64,8 @@ class SourceSettings(_Strict):
     seeds_field: str | None = None       # the seed text field; default: the first of question/text/problem
     seeds_split: str | None = None       # split of a saved DatasetDict; default "train"
     seeds_per_prompt: int = Field(1, ge=1, le=10)
-    subset: str | None = None             # subset name for seed questions, default "Seeds"
+    subset: str | None = None             # subset name for seed (default "Seeds") or given (default "Given") questions
+    given_file: Path | None = None        # questions taken as given (JSONL or save_to_disk dir), solved as written
     snippets_dir: Path | None = None      # Python files to cut snippets from; default: the standard library
     snippets_subset: str = "Algorithm"    # or "Data_Structure"
     snippet_lines: tuple[int, int] = (5, 80)   # snippet size range, in lines
@@ -73,7 +74,7 @@ class SourceSettings(_Strict):
     filter_categories: tuple[str, ...] = ("Algorithm Implementation", "Function Generation")
     # Snippet, doc and evol prompts reason before the question: the proposer's max_tokens is raised to this.
     analysis_max_tokens: int = Field(1024, ge=64)
-    weights: dict[Literal["prefill", "seeds", "snippets", "docs", "evol", "filter"], float] = Field(
+    weights: dict[Literal["prefill", "seeds", "snippets", "docs", "evol", "filter", "given"], float] = Field(
         default_factory=lambda: {"prefill": 1.0, "seeds": 1.0})
 
     @model_validator(mode="after")

@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="subset name recorded for snippet questions (default Algorithm)")
     parser.add_argument("--docs-modules", help="comma-separated modules whose docstrings feed the docs source")
     parser.add_argument("--filter-quality", help="comma-separated qualities the filter source keeps (default good,excellent)")
-    parser.add_argument("--seed-subset", help="subset name recorded for seed-made questions (e.g. Leetcode)")
+    parser.add_argument("--given", type=Path,
+                        help="questions to solve as written (JSONL with a question field, or a save_to_disk "
+                             "directory): one item each, no proposer call; the run ends when all are settled")
+    parser.add_argument("--seed-subset", help="subset name recorded for seed-made (or given) questions (e.g. Leetcode)")
     parser.add_argument("--prompts", type=Path, help="directory of .j2 templates that override the packaged ones")
     parser.add_argument("--seed", type=int, help="run seed: same seed, same requests (default 0)")
     parser.add_argument("--budget-calls", type=int, help="stop after this many LLM calls (whole store)")
@@ -88,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.embedded_model and args.base_url:
         raise ConfigError("--embedded-model and --base-url conflict: the embedded model runs only without --base-url")
-    weights = _weights(args.sources) if args.sources else ({"seeds": 1.0, "prefill": 0.0} if args.seeds else None)
+    if args.given and args.sources:
+        raise ConfigError("--given and --sources conflict: given questions are not mixed with other sources")
+    weights = (_weights(args.sources) if args.sources else {"given": 1.0} if args.given
+               else {"seeds": 1.0, "prefill": 0.0} if args.seeds else None)
     return {
         "target": args.target,
         "concurrency": args.concurrency,
@@ -118,6 +124,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "roles.reasoning.model": args.reasoning_model,
         "roles.reasoning.base_url": args.reasoning_base_url,
         "sources.seeds_file": args.seeds,
+        "sources.given_file": args.given,
         "sources.seeds_field": args.seeds_field,
         "sources.seeds_split": args.seeds_split,
         "sources.snippets_dir": args.snippets_dir,

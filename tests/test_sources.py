@@ -549,3 +549,29 @@ async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, 
     assert coder.kinds["unknown"] == 0
     assert coder.kinds["tag"] == coder.kinds["propose_free"] > 0
     assert server.responder_errors == [] and server.internal_errors == []
+
+
+def test_given_questions_are_solved_as_written_and_end_the_run(fake_coder_server, run_dir: Path) -> None:
+    from fake_coder import CATALOGUE
+
+    from helpers import query, run_kodcode
+
+    coder, server = fake_coder_server(fail_first={CATALOGUE[1].name: 99})
+    given = run_dir / "mine.jsonl"
+    chosen = CATALOGUE[:3]
+    given.write_text("".join(json.dumps({"id": f"q{n}", "question": p.question}) + "\n" for n, p in enumerate(chosen)))
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--given", str(given), "--target", "10",
+                         "--max-attempts", "2", "--concurrency", "2", "--db", str(db), "--no-mutation-gate")
+    assert result.returncode == 0, result.stderr
+    # Three questions, so the run ends when they are settled, short of the target.
+    assert "questions exhausted" in result.stdout
+    rows = query(db, "SELECT subset, source, question, state, json_extract(lineage, '$.given_id') FROM items ORDER BY seq")
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("Given", "given", p.question, f"q{n}")
+                                                        for n, p in enumerate(chosen)]
+    assert [r[3] for r in rows] == ["verified", "failed", "verified"]
+    assert not any(kind.startswith("propose") or kind == "tag" for kind in coder.kinds), coder.kinds
+
+    mixed = run_kodcode("run", "--base-url", server.base_url, "--given", str(given), "--sources", "prefill=1",
+                        "--db", str(run_dir / "other.db"))
+    assert mixed.returncode == 2 and "--given and --sources conflict" in mixed.stderr

@@ -286,6 +286,13 @@ class Pipeline:
                 await self._supply_wakeup.wait()
                 continue
             task = self.sources.task_for(seq)
+            if task is None:   # every given question is proposed: settle them, then stop
+                if self._open_items > 0:
+                    self._supply_wakeup = anyio.Event()
+                    await self._supply_wakeup.wait()
+                    continue
+                self.request_stop(f"questions exhausted: all {seq} given questions settled, {self._verified} verified")
+                return
             await self.ctx.records.add_proposal(task)
             self._open_items += 1
             seq += 1

@@ -4,6 +4,7 @@ from kodcode.sources.base import QuestionSource, chatml_prefill
 from kodcode.sources.docs import DEFAULT_DOC_MODULES, DocIndex, DocSource, Document
 from kodcode.sources.evol import EVOLVE_METHODS, EvolSource, VerifiedPool, VerifiedProvider
 from kodcode.sources.filter import QUALITIES, TASK_CATEGORIES, FilterSource, parse_tags
+from kodcode.sources.given import GivenSource
 from kodcode.sources.mix import SOURCE_TYPES, SourceMix, source_type
 from kodcode.sources.prefill import PrefillSource
 from kodcode.sources.seeds import Seed, SeedSource, load_seeds
@@ -20,6 +21,7 @@ __all__ = [
     "Document",
     "EvolSource",
     "FilterSource",
+    "GivenSource",
     "PrefillSource",
     "QuestionSource",
     "Seed",

@@ -14,6 +14,7 @@ from kodcode.sources.base import QuestionSource
 from kodcode.sources.docs import DocIndex, DocSource
 from kodcode.sources.evol import EvolSource, VerifiedPool, VerifiedProvider
 from kodcode.sources.filter import FilterSource
+from kodcode.sources.given import GivenSource
 from kodcode.sources.prefill import PrefillSource
 from kodcode.sources.seeds import SeedSource, load_seeds
 from kodcode.sources.snippets import SnippetIndex, SnippetSource, default_snippets_dir
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
 __all__ = ["SOURCE_TYPES", "SourceMix", "source_type"]
 
 SOURCE_TYPES: dict[str, type[QuestionSource]] = {
-    cls.name: cls for cls in (PrefillSource, SeedSource, SnippetSource, DocSource, EvolSource, FilterSource)
+    cls.name: cls for cls in (PrefillSource, SeedSource, SnippetSource, DocSource, EvolSource, FilterSource,
+                              GivenSource)
 }
 
 
@@ -55,6 +57,11 @@ class SourceMix:
             weights.pop("seeds")
             if not weights:
                 raise ConfigError("sources.weights asks for seed questions but no seed file is given (--seeds FILE)")
+        if "given" in weights and settings.given_file is None:
+            raise ConfigError("sources.weights asks for given questions but no file is given (--given FILE)")
+        if "given" in weights and len(weights) > 1:
+            raise ConfigError("given questions are solved as written, one item each, and end the run when all are "
+                              f"settled: they cannot be mixed with other sources ({', '.join(sorted(weights))})")
         if set(weights) == {"evol"}:
             raise ConfigError("sources.weights: evol rewrites verified questions, so it needs another source "
                               "with a positive weight to make the first ones")
@@ -82,6 +89,10 @@ class SourceMix:
             return EvolSource(self._verified)
         if name == "filter":
             return FilterSource()
+        if name == "given":
+            assert settings.given_file is not None
+            questions = load_seeds(settings.given_file, field=settings.seeds_field, split=settings.seeds_split)
+            return GivenSource(questions, settings.subset or "Given")
         raise ConfigError(f"unknown question source {name!r} in sources.weights")
 
     @property
@@ -91,16 +102,19 @@ class SourceMix:
     def _source_rng(self, seq: int, name: str) -> random.Random:
         return random.Random(f"{self._seed}:{seq}:{name}")
 
-    def task_for(self, seq: int) -> ProposeTask:
+    def task_for(self, seq: int) -> ProposeTask | None:
+        """The proposal for slot `seq`; None once the sources are exhausted (every given question used)."""
         rng = random.Random(f"{self._seed}:{seq}")
         name = rng.choices(self._names, self._weights)[0]
         task = self.sources[name].task(seq, self._source_rng(seq, name))
         if task is not None:
             return task
+        if name == "given":
+            return None
         others = [(other, weight) for other, weight in zip(self._names, self._weights) if other != name]
         fallback = rng.choices([other for other, _ in others], [weight for _, weight in others])[0]
         task = self.sources[fallback].task(seq, self._source_rng(seq, fallback))
-        assert task is not None, "only evol declines a slot, and evol is never its own fallback"
+        assert task is not None, "evol declines a slot only while it has nothing to evolve, and is never its own fallback"
         return task
 
     def restore(self, stored: ProposeTask) -> ProposeTask:
@@ -114,7 +128,12 @@ class SourceMix:
             task = source.task(stored.seq, rng)
         else:
             task = None     # the source is no longer weighted in this run's config
-        return task if task is not None else self.task_for(stored.seq)
+        if task is None:
+            task = self.task_for(stored.seq)
+        if task is None:
+            raise ConfigError(f"item {stored.item_id} was given question #{stored.seq + 1}, which the given file no "
+                              "longer has; resume with the file the run started with")
+        return task
 
     def note_verified(self, item_id: str, question: str) -> None:
         """A question was verified: evol may now evolve it (no-op with an external provider)."""
