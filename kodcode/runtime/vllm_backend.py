@@ -29,6 +29,7 @@ import anyio
 
 from kodcode.config import Config
 from kodcode.errors import ConfigError, EmbeddedModelError, LLMError
+from kodcode.runtime.lifeline import Lifeline, descendants, reap
 from kodcode.runtime.llm import LLMRequest, LLMResponse
 from kodcode.runtime.model_files import resolve_variant
 
@@ -124,8 +125,10 @@ def _prepare_cpu_environment(kv_cache_gib: int) -> None:
 class VLLMTransport:
     """Sends LLMRequests to an AsyncLLM engine in this process; build it with :func:`vllm_transport`."""
 
-    def __init__(self, engine: Any, tokenizer: Any, settings: VLLMEngineSettings) -> None:
+    def __init__(self, engine: Any, tokenizer: Any, settings: VLLMEngineSettings,
+                 lifeline: Lifeline | None = None) -> None:
         self._engine = engine
+        self._lifeline = lifeline
         self.tokenizer = tokenizer
         self.settings = settings
         self.model = settings.served_name
@@ -202,6 +205,8 @@ class VLLMTransport:
         # prints a TypeError. Dropping the engine now lets it be collected while they are still there.
         self._engine = None
         gc.collect()     # the engine sits in reference cycles (its output task); collect them now, not at exit
+        if self._lifeline is not None:
+            await anyio.to_thread.run_sync(self._lifeline.close)   # reaps any engine process shutdown left
 
 
 def _engine_args(settings: VLLMEngineSettings, on_cpu: bool) -> Any:
@@ -228,12 +233,21 @@ async def start_transport(settings: VLLMEngineSettings) -> VLLMTransport:
     from vllm.v1.engine.async_llm import AsyncLLM
 
     tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+    before = descendants()
     try:
         engine = AsyncLLM.from_engine_args(_engine_args(settings, on_cpu))
     except Exception as exc:
+        reap(descendants() - before)
         raise EmbeddedModelError(f"the vLLM engine did not start for {settings.model_dir}: "
                                  f"{' '.join(str(exc).split())[:300] or type(exc).__name__}") from exc
-    return VLLMTransport(engine, tokenizer, settings)
+    # vLLM's EngineCore (its own process unless VLLM_ENABLE_V1_MULTIPROCESSING=0, as on GPUs) outlives a
+    # SIGKILLed parent. The lifeline starts after the engine so that a forked engine cannot hold its pipe.
+    started = descendants() - before
+    lifeline = None
+    if started:
+        lifeline = Lifeline()
+        lifeline.watch(started)
+    return VLLMTransport(engine, tokenizer, settings, lifeline)
 
 
 @asynccontextmanager
