@@ -160,12 +160,13 @@ def _iterate(args: argparse.Namespace) -> int:
     config = config.model_copy(update={"gates": config.gates.model_copy(update={"cross_check": False})})
     baseline_dir = config.prompts_dir
     template = _template(config.effective_mode, args.stage)
-    candidate = PromptLibrary(_overlay(baseline_dir, args.prompts))
+    # The candidate's files over the run's own overlay (if it had one) over the packaged templates.
+    candidate = PromptLibrary([args.prompts, *([baseline_dir] if baseline_dir else [])])
     baseline = PromptLibrary(baseline_dir)
     if candidate.template_hash(template) == baseline.template_hash(template):
         raise ConfigError(f"--prompts {args.prompts} does not change {template}.j2 (the {args.stage} stage's prompt "
                           f"in {config.effective_mode} mode): nothing to compare")
-    candidate.render(template, **_render_probe(template))   # a broken template fails before any call
+    candidate.render(template, **_PROBE)
     configure_logging(args.db.parent / EVENTS_FILE, console_level="debug" if args.debug else "warning")
     try:
         arms = anyio.run(_run_arms, args, config, items, template, baseline, candidate, backend="asyncio")
@@ -191,23 +192,9 @@ def _template(mode: str, stage: str) -> str:
     return "solve_and_test_joint" if mode == "joint" else "solve"
 
 
-def _render_probe(template: str) -> dict[str, str]:
-    return {"question": "Write a function f.", "solution": "def f():\n    return 1", "entry_point": "f"}
-
-
-def _overlay(baseline_dir: Path | None, candidate_dir: Path) -> Path:
-    """The candidate directory, laid over the run's own overlay when it had one."""
-    if not candidate_dir.is_dir():
-        raise ConfigError(f"--prompts {candidate_dir}: not a directory")
-    if baseline_dir is None:
-        return candidate_dir
-    import tempfile
-
-    merged = Path(tempfile.mkdtemp(prefix="kodcode-prompts-"))
-    for source in (baseline_dir, candidate_dir):
-        for path in source.glob("*.j2"):
-            (merged / path.name).write_bytes(path.read_bytes())
-    return merged
+# Values for every variable the solver and tester templates use: rendering once shows a broken template
+# (a misspelt variable, a missing block) before anything is paid for.
+_PROBE = {"question": "Write a function f.", "solution": "def f():\n    return 1", "entry_point": "f"}
 
 
 async def _run_arms(args: argparse.Namespace, config: Any, items: Sequence[ItemSample], template: str,

@@ -7,6 +7,7 @@ overlays the packaged templates file by file, so one prompt can be changed witho
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,12 +47,13 @@ class RenderedPrompt:
 
 
 class PromptLibrary:
-    def __init__(self, overlay_dir: Path | None = None) -> None:
-        search = [str(TEMPLATE_DIR)]
-        if overlay_dir is not None:
-            if not overlay_dir.is_dir():
-                raise ConfigError(f"--prompts {overlay_dir}: not a directory")
-            search.insert(0, str(overlay_dir))
+    def __init__(self, overlay_dir: Path | Sequence[Path] | None = None) -> None:
+        """`overlay_dir`: a directory, or several (the first that has a template wins), over the packaged ones."""
+        overlays = [overlay_dir] if isinstance(overlay_dir, Path) else list(overlay_dir or ())
+        for folder in overlays:
+            if not folder.is_dir():
+                raise ConfigError(f"--prompts {folder}: not a directory")
+        search = [*map(str, overlays), str(TEMPLATE_DIR)]
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(search),
             undefined=jinja2.StrictUndefined,
