@@ -7,8 +7,9 @@ upstream: the solver stage writes new solutions that must pass the item's verifi
 it writes solutions and tests together), and the tester stage writes new tests for the item's verified
 solution. Only the chosen stage calls the model; everything upstream comes from the store. Each new
 trial is judged like a run's (sandbox, vacuous-test and mutation gates; no cross-check, which would
-call the solver) and stored in the `prompt_trials` table, apart from the run's own attempts, so the
-run's data and export are untouched.
+call the solver; no mutation gate for split-mode solutions, whose tests are the verified ones) and
+stored in the `prompt_trials` table, apart from the run's own attempts, so the run's data and export
+are untouched.
 
 Two arms run on the same items and seeds: the baseline (the prompts the run used) and the candidate
 (`--prompts DIR` laid over them). The baseline's calls are cached in the store, so iterating again on
@@ -156,10 +157,15 @@ def _iterate(args: argparse.Namespace) -> int:
     if args.base_url and not args.backend:
         overrides["backend"] = "openai"
     config = load_config(None, overrides, base=base)
-    # The cross-check asks the solver for another solution: a tester trial must touch the tester only.
-    config = config.model_copy(update={"gates": config.gates.model_copy(update={"cross_check": False})})
-    baseline_dir = config.prompts_dir
     template = _template(config.effective_mode, args.stage)
+    # The cross-check asks the solver for another solution: a tester trial must touch the tester only.
+    gates: dict[str, Any] = {"cross_check": False}
+    if template == "solve":
+        # The tests are the item's verified ones and passed the gates already; mutants of a new solution
+        # that survive them would say nothing about the solver.
+        gates["mutation"] = False
+    config = config.model_copy(update={"gates": config.gates.model_copy(update=gates)})
+    baseline_dir = config.prompts_dir
     # The candidate's files over the run's own overlay (if it had one) over the packaged templates.
     candidate = PromptLibrary([args.prompts, *([baseline_dir] if baseline_dir else [])])
     baseline = PromptLibrary(baseline_dir)
