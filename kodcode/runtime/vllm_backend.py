@@ -64,6 +64,9 @@ def import_vllm() -> Any:
     # vLLM configures its logging on import; the run's console belongs to the progress view. A level the
     # user exported wins.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # vLLM's own handler writes to stdout, where the run's progress and summary go; left to Python's
+    # logging, its warnings reach stderr.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     try:
         import vllm
     except ImportError as exc:
@@ -201,12 +204,18 @@ class VLLMTransport:
         with anyio.CancelScope(shield=True):
             # shutdown() joins the engine process: off the event loop, which may still be draining outputs.
             await anyio.to_thread.run_sync(self._engine.shutdown)
-        # AsyncLLM.__del__ calls shutdown() again; at interpreter exit vLLM's module globals are gone and that
-        # prints a TypeError. Dropping the engine now lets it be collected while they are still there.
+        # AsyncLLM.__del__ calls shutdown() again. A generator of a request cancelled mid-stream can keep the
+        # engine alive until interpreter exit, when vLLM's module globals are gone and that second shutdown
+        # prints a TypeError traceback. It is shut down already: make the second call a no-op.
+        self._engine.shutdown = _shut_down_already
         self._engine = None
         gc.collect()     # the engine sits in reference cycles (its output task); collect them now, not at exit
         if self._lifeline is not None:
             await anyio.to_thread.run_sync(self._lifeline.close)   # reaps any engine process shutdown left
+
+
+def _shut_down_already(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _engine_args(settings: VLLMEngineSettings, on_cpu: bool) -> Any:
