@@ -166,10 +166,16 @@ class Config(_Strict):
             return self.backend
         return "embedded" if self.base_url is None and not self.endpoints else "openai"
 
+    @property
+    def runs_embedded_model(self) -> bool:
+        """The small embedded model, under llama.cpp or (converted) under vLLM: the same limits suit both."""
+        backend = self.effective_backend
+        return backend == "embedded" or (backend == "vllm" and self.vllm.model_dir is None)
+
     def role(self, name: str) -> RoleSettings:
         """The role's settings: what the user set, over the role's own defaults."""
         default = _DEFAULT_ROLES[name]
-        if self.effective_backend == "embedded" and name in _EMBEDDED_ROLE_LIMITS:
+        if self.runs_embedded_model and name in _EMBEDDED_ROLE_LIMITS:
             default = default.model_copy(update=_EMBEDDED_ROLE_LIMITS[name])
         given = self.roles.get(name)  # type: ignore[call-overload]
         if given is None:

@@ -103,3 +103,16 @@ def test_unreadable_files_are_config_errors(tmp_path: Path) -> None:
 def test_override_into_a_section_the_file_set_to_a_scalar(tmp_path: Path) -> None:
     path = write(tmp_path, "sandbox = 3\n")
     assert "sandbox" in one_line_error(path, {"sandbox.workers": 2})
+
+
+def test_the_small_models_token_limits_follow_the_model_not_the_backend(tmp_path: Path) -> None:
+    embedded = load_config(None, {})
+    converted = load_config(None, {"backend": "vllm"})
+    other = load_config(None, {"backend": "vllm", "vllm.model_dir": tmp_path})
+    served = load_config(None, {"base_url": "http://127.0.0.1:8000/v1"})
+    for config in (embedded, converted):
+        assert (config.role("solver").max_tokens, config.role("tester").max_tokens) == (768, 512)
+    for config in (other, served):
+        assert config.role("tester").max_tokens > 512
+    user = load_config(None, {"backend": "vllm", "roles.tester.max_tokens": 900})
+    assert user.role("tester").max_tokens == 900
