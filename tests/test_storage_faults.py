@@ -50,12 +50,13 @@ def assert_store_sound(db: Path) -> None:
     assert anyio.run(check) == "ok"
 
 
-def test_full_disk_stops_with_one_line_and_a_sound_store(tmp_path: Path) -> None:
+@pytest.mark.parametrize("limit", [40_000, 300_000], ids=["while-migrating", "while-running"])
+def test_full_disk_stops_with_one_line_and_a_sound_store(tmp_path: Path, limit: int) -> None:
     # RLIMIT_FSIZE makes every write past the limit fail with EFBIG, as ENOSPC would on a full disk; the
     # subprocess can set it without privileges. SIGXFSZ ignored: the write fails instead of killing it.
     def small_disk() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     _coder, server = start_server()
     db = tmp_path / "kc.db"

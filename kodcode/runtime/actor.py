@@ -14,6 +14,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from kodcode.errors import KodcodeError
 from kodcode.runtime.scheduler import AttemptQueue
 
 __all__ = ["Actor", "ActorStats", "FifoMailbox", "Mailbox", "PriorityMailbox", "StopHandling"]
@@ -161,8 +162,10 @@ class Actor(Generic[T]):
             except Exception as exc:  # supervision: any bug or I/O error in one item must not stop the actor
                 self.stats.errors += 1
                 last_error = f"{type(exc).__name__}: {exc}"
+                # A traceback helps with a bug, not with a known condition (a full disk, a refused
+                # request): those say what to do in their message.
                 self._log.warning("handler_error", **self._describe(message), error=last_error, tries=tries,
-                                  exc_info=tries == 1)
+                                  exc_info=tries == 1 and not isinstance(exc, KodcodeError))
                 continue
             self.stats.handled += 1
             return

@@ -301,17 +301,19 @@ class LLMClient:
             if self._budget is not None and (reason := self._budget.exhausted()):
                 raise BudgetExhausted(reason)
             response = await self._send_with_retries(transport, request)
-        cost = 0.0
-        if self._budget is not None and request.model in self._budget.prices:
-            cost = self._budget.cost_usd(request.model, response.prompt_tokens, response.completion_tokens)
-        response = dataclasses.replace(response, cost_usd=cost)
-        self.calls += 1
-        self.prompt_tokens += response.prompt_tokens
-        self.completion_tokens += response.completion_tokens
-        self.cost_usd += response.cost_usd
-        # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
-        if self._recorder is not None:
-            await self._recorder.record_call(request, response)
+            cost = 0.0
+            if self._budget is not None and request.model in self._budget.prices:
+                cost = self._budget.cost_usd(request.model, response.prompt_tokens, response.completion_tokens)
+            response = dataclasses.replace(response, cost_usd=cost)
+            self.calls += 1
+            self.prompt_tokens += response.prompt_tokens
+            self.completion_tokens += response.completion_tokens
+            self.cost_usd += response.cost_usd
+            # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
+            # And recorded while holding the slot: a killed run has at most `concurrency` answers that were
+            # paid for and not yet stored, however slow the disk is, not every answer awaiting its commit.
+            if self._recorder is not None:
+                await self._recorder.record_call(request, response)
         if self._budget is not None:
             self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
         return response

@@ -236,7 +236,7 @@ class Store:
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 await self._rollback()
-                raise StoreError(f"store {self.path}: migration to schema {target} failed: {exc}") from None
+                raise StoreError(f"store {self.path}: migration to schema {target} failed: {exc}{_write_hint(exc)}") from None
 
     async def _run_script(self, script: str) -> None:
         # executescript() would COMMIT first; run the statements one by one inside our transaction.
