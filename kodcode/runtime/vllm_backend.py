@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import time
 import uuid
@@ -201,6 +202,9 @@ class VLLMTransport:
         if self._closed:
             return
         self._closed = True
+        # Stopping the engine core while its output task awaits the next output makes that task log
+        # "output_handler failed" with an EngineDeadError traceback: expected here, so not shown.
+        logging.getLogger("vllm.v1.engine.async_llm").setLevel(logging.CRITICAL)
         with anyio.CancelScope(shield=True):
             # shutdown() joins the engine process: off the event loop, which may still be draining outputs.
             await anyio.to_thread.run_sync(self._engine.shutdown)
