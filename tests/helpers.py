@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +38,22 @@ def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie is dead for our purposes)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_gone(pids: set[int] | list[int], timeout_s: float = 20.0) -> list[int]:
+    """Wait until none of `pids` is alive; returns those still alive at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any(pid_alive(pid) for pid in pids):
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if pid_alive(pid)]

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import pid_alive
 from kodcode.errors import EmbeddedModelError
 from kodcode.runtime import embedded, model_files
 from kodcode.runtime.embedded import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
@@ -335,18 +336,6 @@ def stand_in(tmp_path: Path, fake_packages: ModelVariant) -> tuple[Path, ModelVa
     binary.chmod(0o755)
     (binary.parent / "mode").write_text("serve")
     return binary, fake_packages
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 async def test_server_serves_inside_the_block_and_is_gone_after(stand_in: tuple[Path, ModelVariant], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import pid_alive, wait_gone
 from kodcode.runtime.lifeline import Lifeline, descendants, start_time
 
 # A parent that starts a "library" helper (with a grandchild of its own) it cannot give PDEATHSIG to, hands
@@ -31,30 +32,12 @@ time.sleep(300)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _wait_gone(pids: list[int], timeout_s: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = [pid for pid in pids if _alive(pid)]
-        if not left:
-            return []
-        time.sleep(0.05)
-    return [pid for pid in pids if _alive(pid)]
-
-
 def _start_parent(mode: str) -> tuple[subprocess.Popen[str], list[int]]:
     parent = subprocess.Popen([sys.executable, "-c", _PARENT, mode], stdout=subprocess.PIPE, text=True,
                               cwd=Path(__file__).resolve().parents[1])
     assert parent.stdout is not None
     pids = [int(part) for part in parent.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
     return parent, pids
 
 
@@ -64,10 +47,10 @@ def test_a_sigkilled_parent_takes_its_library_helpers_with_it() -> None:
         # The helper runs in its own session: without the lifeline nothing would end it.
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        assert _wait_gone(pids) == []
+        assert wait_gone(pids) == []
     finally:
         for pid in pids:
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -75,7 +58,7 @@ def test_closing_the_lifeline_reaps_what_is_left_and_the_parent_lives_on() -> No
     parent, pids = _start_parent("close")
     try:
         assert parent.stdout is not None and parent.stdout.readline().strip() == "closed"
-        left = _wait_gone(pids)
+        left = wait_gone(pids)
         assert left == [], [(pid, Path(f"/proc/{pid}/stat").read_text(), pids) for pid in left]
         assert parent.poll() is None
     finally:

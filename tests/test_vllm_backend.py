@@ -15,8 +15,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from helpers import query, run_kodcode, start_kodcode
+from helpers import query, run_kodcode, start_kodcode, wait_gone
 
+from kodcode.runtime.lifeline import descendants
 from kodcode.runtime.llm import LLMRequest
 from kodcode.runtime.vllm_backend import VLLMEngineSettings, default_checkpoint, start_transport
 
@@ -51,32 +52,6 @@ def test_backend_flag_conflicts_are_refused(run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def checkpoint() -> Path:
     return default_checkpoint("0.5b")
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @needs_vllm
@@ -153,16 +128,6 @@ def _wait_for_first_call(process: subprocess.Popen[str], db: Path, timeout_s: fl
     raise AssertionError("the vLLM run never completed an LLM call")
 
 
-def _gone(pids: set[int], timeout_s: float = 20.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        left = [pid for pid in pids if _alive(pid)]
-        if not left:
-            return []
-        time.sleep(0.2)
-    return [pid for pid in pids if _alive(pid)]
-
-
 @needs_vllm
 @pytest.mark.slow
 def test_stopping_a_vllm_run_shuts_the_engine_down(run_dir: Path, checkpoint: Path) -> None:
@@ -171,12 +136,12 @@ def test_stopping_a_vllm_run_shuts_the_engine_down(run_dir: Path, checkpoint: Pa
                             "--db", str(db), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_first_call(process, db)
-        helpers = _descendants(process.pid)      # sandbox servers, and any process the engine started
+        helpers = descendants(process.pid)      # sandbox servers, and any process the engine started
         os.kill(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-3000:]
         assert "kodcode: SIGINT received" in out
-        assert _gone(helpers) == [], "processes outlived the run"
+        assert wait_gone(helpers) == [], "processes outlived the run"
         assert "Traceback" not in err, err[-3000:]
     finally:
         if process.poll() is None:
@@ -194,13 +159,13 @@ def test_a_sigkilled_run_leaves_no_engine_process(run_dir: Path, checkpoint: Pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_for_first_call(process, db)
-        helpers = _descendants(process.pid)
+        helpers = descendants(process.pid)
         engine = [pid for pid in helpers if "EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                   or "EngineCore" in Path(f"/proc/{pid}/comm").read_text()]
         assert engine, "the engine core did not run in its own process"
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
-        assert _gone(helpers) == [], "processes outlived a SIGKILLed run"
+        assert wait_gone(helpers) == [], "processes outlived a SIGKILLed run"
     finally:
         if process.poll() is None:
             process.kill()
