@@ -30,12 +30,17 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kodcode.errors import ConfigError, KodcodeError, StoreError
 from kodcode.runtime.records import Records
 from kodcode.runtime.store import Store, dumps
 from kodcode.sandbox.base import Verdict
+
+if TYPE_CHECKING:   # the run's machinery is imported only once there is something to run
+    from kodcode.agents.context import AgentContext
+    from kodcode.config import Config
+    from kodcode.prompts import PromptLibrary
 
 __all__ = ["STAGES", "ItemSample", "TrialOutcome", "build_parser", "main", "sample_items"]
 
@@ -203,8 +208,8 @@ def _template(mode: str, stage: str) -> str:
 _PROBE = {"question": "Write a function f.", "solution": "def f():\n    return 1", "entry_point": "f"}
 
 
-async def _run_arms(args: argparse.Namespace, config: Any, items: Sequence[ItemSample], template: str,
-                    baseline: Any, candidate: Any) -> tuple[str, list[ArmResult], dict[str, int]]:
+async def _run_arms(args: argparse.Namespace, config: Config, items: Sequence[ItemSample], template: str,
+                    baseline: PromptLibrary, candidate: PromptLibrary) -> tuple[str, list[ArmResult], dict[str, int]]:
     import anyio
 
     from kodcode.agents.context import AgentContext
@@ -253,14 +258,15 @@ async def _run_arms(args: argparse.Namespace, config: Any, items: Sequence[ItemS
         return batch, results, llm.statistics()
 
 
-async def run_trial(ctx: Any, stage: str, item: ItemSample, sample: int) -> TrialOutcome:
+async def run_trial(ctx: AgentContext, stage: str, item: ItemSample, sample: int) -> TrialOutcome:
     """One trial of `stage` on `item`: the stage's agent with the item's stored upstream, then the Judge."""
     from kodcode.agents.judge import Judge
     from kodcode.agents.solver import Solver
     from kodcode.agents.tester import Tester
     from kodcode.messages import AttemptResult, AttemptTask
 
-    records: TrialRecords = ctx.records
+    records = ctx.records
+    assert isinstance(records, TrialRecords)
     if stage == "solver":
         task = AttemptTask(item.item_id, sample, item.question)
         out = await Solver(ctx).handle(task)

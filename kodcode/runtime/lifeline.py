@@ -19,6 +19,8 @@ from pathlib import Path
 
 __all__ = ["Lifeline", "descendants", "reap", "start_time"]
 
+# Self-contained on purpose (it repeats `descendants`): the watchdog must start in milliseconds and keep
+# working whatever happens to the run's environment, so it imports nothing of kodcode.
 _WATCHDOG = r"""
 import os, signal, sys
 
