@@ -16,7 +16,7 @@ import time
 import anyio
 from openai import AsyncOpenAI
 
-from kodcode.runtime.embedded import EmbeddedEndpoint, embedded_server
+from kodcode.models.llama_server import EmbeddedEndpoint, embedded_server
 
 PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number iteratively, with a docstring.",

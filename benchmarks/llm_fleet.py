@@ -37,8 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kodcode.errors import LLMError  # noqa: E402
-from kodcode.runtime.fleet import EndpointPool, EndpointSpec  # noqa: E402
-from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse  # noqa: E402
+from kodcode.llm.pool import EndpointPool, EndpointSpec  # noqa: E402
+from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse  # noqa: E402
 
 MIXED_FLEET = [("reject", 16), ("queue", 16), ("queue", 32)]
 

@@ -22,14 +22,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kodcode.agents.context import AgentContext  # noqa: E402
 from kodcode.config import load_config  # noqa: E402
 from kodcode.prompts import PromptLibrary  # noqa: E402
-from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse  # noqa: E402
-from kodcode.runtime.logging import configure_logging, get_logger  # noqa: E402
+from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse  # noqa: E402
+from kodcode.log import configure_logging, get_logger  # noqa: E402
 from kodcode.runtime.pipeline import Pipeline  # noqa: E402
-from kodcode.runtime.records import Records  # noqa: E402
+from kodcode.store.records import Records  # noqa: E402
 from kodcode.runtime.scheduler import AdaptivePolicy  # noqa: E402
-from kodcode.runtime.store import Store  # noqa: E402
+from kodcode.store.sqlite import Store  # noqa: E402
 from kodcode.sandbox.base import Limits, TestOutcome, Verdict  # noqa: E402
-from kodcode.sources import SourceMix  # noqa: E402
+from kodcode.agents.sources import SourceMix  # noqa: E402
 
 SOLUTION = "```python\ndef add(a, b):\n    return a + b\n```"
 TESTS = "```python\nfrom solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n```"

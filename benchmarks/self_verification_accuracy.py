@@ -1,6 +1,6 @@
 """How often is a self-verified solution really right, with and without the mutation gate?
 
-HumanEval's 164 prompts are taken as given questions (kodcode.quality.given). Each goes through the
+HumanEval's 164 prompts are taken as given questions (kodcode.quality.humaneval_questions). Each goes through the
 Solver, Tester and Judge (the pipeline's own agents, real sandbox) for up to K attempts. Then every
 verified solution runs against HumanEval's human-written tests, which no agent ever saw.
 
@@ -39,11 +39,11 @@ from kodcode.config import Config, load_config
 from kodcode.messages import AttemptResult, AttemptTask, ProposeTask
 from kodcode.parsing import ParseFailure, solution_entry_point
 from kodcode.prompts import PromptLibrary
-from kodcode.quality.given import GivenQuestion, humaneval_questions, with_prompt_helpers
-from kodcode.runtime.llm import LLMClient, OpenAITransport
-from kodcode.runtime.logging import configure_logging, get_logger
-from kodcode.runtime.records import Records
-from kodcode.runtime.store import Store
+from kodcode.quality.humaneval_questions import GivenQuestion, humaneval_questions, with_prompt_helpers
+from kodcode.llm.client import LLMClient, OpenAITransport
+from kodcode.log import configure_logging, get_logger
+from kodcode.store.records import Records
+from kodcode.store.sqlite import Store
 from kodcode.sandbox import Sandbox, bwrap_available, open_sandbox
 
 ROLES = ("proposer", "solver", "tester", "rewriter", "reasoning")
@@ -178,7 +178,7 @@ async def endpoint(args: argparse.Namespace, questions: list[GivenQuestion]) -> 
     elif args.base_url:
         yield args.base_url, args.model or "default"
     else:
-        from kodcode.runtime.embedded import embedded_server
+        from kodcode.models.llama_server import embedded_server
 
         async with embedded_server(concurrency=args.concurrency) as embedded:
             yield embedded.base_url, embedded.model

@@ -147,7 +147,7 @@ class Config(_Strict):
     budget_usd: float | None = Field(None, gt=0)
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # model -> (USD per 1M input, per 1M output)
     # Several servers for the default endpoint, with per-server limits; --base-url may also list
-    # several comma-separated URLs. Both build an endpoint pool (kodcode.runtime.fleet).
+    # several comma-separated URLs. Both build an endpoint pool (kodcode.llm.pool).
     endpoints: tuple[EndpointSettings, ...] = ()
 
     @model_validator(mode="after")

@@ -16,9 +16,9 @@ import anyio
 import httpx
 
 from kodcode.errors import EmbeddedModelError, KodcodeError
-from kodcode.runtime.embedded import embedded_server
-from kodcode.runtime.model_files import default_cache_dir, ensure_model
-from kodcode.runtime.server_build import build_server, built_server_path
+from kodcode.models.llama_server import embedded_server
+from kodcode.models.files import default_cache_dir, ensure_model
+from kodcode.models.native_build import build_server, built_server_path
 
 __all__ = ["main", "prepare"]
 

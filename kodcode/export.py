@@ -30,7 +30,7 @@ from typing import Any
 from kodcode import __version__
 from kodcode.errors import KodcodeError
 from kodcode.parsing import test_info
-from kodcode.runtime.store import open_readonly
+from kodcode.store.sqlite import open_readonly
 
 __all__ = ["ExportFilter", "export", "iter_v1_rows", "main", "rl_rows", "sft_rows", "write_rows"]
 

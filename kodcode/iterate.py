@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kodcode.errors import ConfigError, KodcodeError, StoreError
-from kodcode.runtime.records import Records
-from kodcode.runtime.store import Store, dumps
+from kodcode.store.records import Records
+from kodcode.store.sqlite import Store, dumps
 from kodcode.sandbox.base import Verdict
 
 if TYPE_CHECKING:   # the run's machinery is imported only once there is something to run
@@ -143,9 +143,9 @@ def _iterate(args: argparse.Namespace) -> int:
 
     from kodcode.config import load_config
     from kodcode.prompts import PromptLibrary
-    from kodcode.runtime.launch import user_error
-    from kodcode.runtime.logging import EVENTS_FILE, close_logging, configure_logging
-    from kodcode.runtime.store import open_readonly
+    from kodcode.app.launch import user_error
+    from kodcode.log import EVENTS_FILE, close_logging, configure_logging
+    from kodcode.store.sqlite import open_readonly
 
     conn = open_readonly(args.db)
     try:
@@ -213,9 +213,9 @@ async def _run_arms(args: argparse.Namespace, config: Config, items: Sequence[It
     import anyio
 
     from kodcode.agents.context import AgentContext
-    from kodcode.runtime.launch import role_models, start_endpoint
-    from kodcode.runtime.llm import LLMClient
-    from kodcode.runtime.logging import get_logger
+    from kodcode.app.launch import role_models, start_endpoint
+    from kodcode.llm.client import LLMClient
+    from kodcode.log import get_logger
     from kodcode.sandbox import open_sandbox
     from kodcode.sandbox.base import Limits
 

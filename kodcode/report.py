@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kodcode.errors import StoreError
-from kodcode.runtime.store import open_readonly
+from kodcode.store.sqlite import open_readonly
 
 __all__ = [
     "COST_ROLES",

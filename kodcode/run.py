@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except KodcodeError as exc:
         print(f"kodcode: error: {exc}", file=sys.stderr)
         return 2
-    from kodcode.runtime.launch import launch   # the run's dependencies, only once there is a run
+    from kodcode.app.launch import launch   # the run's dependencies, only once there is a run
 
     return launch(args, overrides)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from kodcode.runtime.logging import EVENTS_FILE
+from kodcode.log import EVENTS_FILE
 
 __all__ = [
     "DEFAULT_PATH",

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
-from kodcode.runtime.logging import get_logger
+from kodcode.log import get_logger
 
 
 class Recorder:

@@ -9,14 +9,14 @@ import anyio
 from kodcode.agents.context import AgentContext
 from kodcode.config import load_config
 from kodcode.prompts import PromptLibrary
-from kodcode.runtime.llm import LLMClient, OpenAITransport
-from kodcode.runtime.logging import configure_logging, get_logger
+from kodcode.llm.client import LLMClient, OpenAITransport
+from kodcode.log import configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline
-from kodcode.runtime.records import Records
+from kodcode.store.records import Records
 from kodcode.runtime.scheduler import AdaptivePolicy
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from kodcode.sandbox.base import Limits, TestOutcome, Verdict
-from kodcode.sources import SourceMix
+from kodcode.agents.sources import SourceMix
 
 
 class SlowSandbox:

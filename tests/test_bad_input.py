@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from helpers import run_kodcode
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from scripted_openai import ScriptedOpenAIServer
 
 UNREACHABLE = "http://127.0.0.1:9/v1"

@@ -22,9 +22,9 @@ import pytest
 
 from helpers import pid_alive
 from kodcode.errors import EmbeddedModelError
-from kodcode.runtime import embedded, model_files
-from kodcode.runtime.embedded import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
-from kodcode.runtime.model_files import (
+from kodcode.models import files as model_files, llama_server as embedded
+from kodcode.models.llama_server import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
+from kodcode.models.files import (
     VARIANTS,
     ModelVariant,
     assemble_parts,
@@ -441,8 +441,8 @@ def server_pids(binary: Path) -> list[int]:
 ORPHAN_PARENT = """
 import sys, time, anyio
 from pathlib import Path
-from kodcode.runtime.embedded import embedded_server
-from kodcode.runtime.model_files import ModelVariant
+from kodcode.models.llama_server import embedded_server
+from kodcode.models.files import ModelVariant
 
 async def main():
     variant = {variant!r}

@@ -18,7 +18,7 @@ from helpers import query, start_kodcode
 from scripted_openai import Fault, ScriptedOpenAIServer
 from test_soak import RUN_ARGS, SCRIPT, IdempotentCoder, comparable, export_rows
 
-# The client's error text for each fault kind (kodcode.runtime.llm.OpenAITransport words them).
+# The client's error text for each fault kind (kodcode.llm.client.OpenAITransport words them).
 FAULTS: dict[str, tuple[Fault, str]] = {
     "rate_limited": (Fault.rate_limited("0.05"), "429 rate limited"),
     "http_500": (Fault.http_error(500), "500 from"),

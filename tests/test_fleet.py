@@ -12,10 +12,10 @@ import pytest
 
 import scripted_openai
 from kodcode.config import load_config
-from kodcode.runtime.fleet import (EndpointPool, EndpointSpec, SlidingWindow, build_transport, endpoint_specs,
+from kodcode.llm.pool import (EndpointPool, EndpointSpec, SlidingWindow, build_transport, endpoint_specs,
                                    estimate_tokens, parse_duration, parse_endpoint_urls, preflight_pool)
-from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse, OpenAITransport
-from kodcode.runtime.prices import DEFAULT_PRICES, merged_prices, price_for
+from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport
+from kodcode.llm.prices import DEFAULT_PRICES, merged_prices, price_for
 from kodcode.runtime.scheduler import Budget
 from kodcode.errors import ConfigError
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest

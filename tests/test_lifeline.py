@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 from helpers import pid_alive, wait_gone
-from kodcode.runtime.lifeline import Lifeline, descendants, start_time
+from kodcode.models.lifeline import Lifeline, descendants, start_time
 
 # A parent that starts a "library" helper (with a grandchild of its own) it cannot give PDEATHSIG to, hands
 # the helper to a lifeline, then waits to be killed. Prints the helper's and grandchild's pids.
 _PARENT = r"""
 import subprocess, sys, time
-from kodcode.runtime.lifeline import Lifeline, descendants
+from kodcode.models.lifeline import Lifeline, descendants
 before = descendants()
 helper = subprocess.Popen([sys.executable, "-c",
     "import subprocess, sys, time; g = subprocess.Popen(['sleep', '300']); print(g.pid, flush=True); time.sleep(300)"],

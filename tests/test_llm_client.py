@@ -12,10 +12,10 @@ import anyio
 import pytest
 
 from kodcode.errors import BudgetExhausted, ConfigError, LLMError
-from kodcode.runtime.llm import LLMClient, LLMRequest, LLMResponse, OpenAITransport, TransientLLMError, preflight
-from kodcode.runtime.records import Records
+from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport, TransientLLMError, preflight
+from kodcode.store.records import Records
 from kodcode.runtime.scheduler import Budget
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
 Server = Callable[..., ScriptedOpenAIServer]

@@ -8,7 +8,7 @@ import io
 import pytest
 from rich.console import Console
 
-from kodcode.progress import (ProgressSnapshot, ProgressView, derive, format_duration, plain_line, render_panel,
+from kodcode.app.progress import (ProgressSnapshot, ProgressView, derive, format_duration, plain_line, render_panel,
                               windowed_rate)
 
 

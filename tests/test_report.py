@@ -14,8 +14,8 @@ import pytest
 from helpers import kodcode_env
 from kodcode.messages import ProposeTask
 from kodcode.report import build_report, compare_prompts, normalise_reason, open_readonly, wilson_interval
-from kodcode.runtime.records import Records
-from kodcode.runtime.store import Store
+from kodcode.store.records import Records
+from kodcode.store.sqlite import Store
 from kodcode.sandbox.base import Verdict
 
 SOLVE_V1 = {"model": "m-a", "template": "solve", "template_hash": "v1"}

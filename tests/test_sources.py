@@ -22,14 +22,14 @@ from kodcode.config import Config, load_config
 from kodcode.errors import ConfigError
 from kodcode.messages import ProposeTask
 from kodcode.prompts import PromptLibrary
-from kodcode.runtime.llm import LLMClient, OpenAITransport
-from kodcode.runtime.logging import configure_logging, get_logger
+from kodcode.llm.client import LLMClient, OpenAITransport
+from kodcode.log import configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline
-from kodcode.runtime.records import Records
+from kodcode.store.records import Records
 from kodcode.runtime.scheduler import AdaptivePolicy
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from kodcode.sandbox.base import Limits, TestOutcome, Verdict
-from kodcode.sources import (
+from kodcode.agents.sources import (
     EVOLVE_METHODS,
     DocIndex,
     SnippetIndex,

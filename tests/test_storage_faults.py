@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from helpers import kodcode_command, kodcode_env, query
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from test_soak import start_server
 
 def run_as(args: list[str], preexec: Callable[[], None] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,9 @@ import pytest
 
 from kodcode.errors import SchemaError, StoreError
 from kodcode.messages import ProposeTask
-from kodcode.runtime.llm import LLMRequest, LLMResponse
-from kodcode.runtime.records import Records
-from kodcode.runtime.store import SCHEMA_VERSION, Store
+from kodcode.llm.client import LLMRequest, LLMResponse
+from kodcode.store.records import Records
+from kodcode.store.sqlite import SCHEMA_VERSION, Store
 from kodcode.sandbox.base import TestOutcome as Outcome
 from kodcode.sandbox.base import Verdict
 

@@ -17,9 +17,9 @@ import pytest
 
 from helpers import query, run_kodcode, start_kodcode, wait_gone
 
-from kodcode.runtime.lifeline import descendants
-from kodcode.runtime.llm import LLMRequest
-from kodcode.runtime.vllm_backend import VLLMEngineSettings, default_checkpoint, start_transport
+from kodcode.models.lifeline import descendants
+from kodcode.llm.client import LLMRequest
+from kodcode.llm.vllm_inprocess import VLLMEngineSettings, default_checkpoint, start_transport
 
 try:
     import vllm  # noqa: F401

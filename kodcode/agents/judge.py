@@ -25,7 +25,7 @@ from kodcode.messages import AttemptResult, AttemptTask
 from kodcode.parsing import ParseFailure, extract_code, solution_entry_point
 from kodcode.quality.mutation import MutationReport, generate_mutants, mutant_limits, run_mutation_gate
 from kodcode.quality.vacuous import VacuityReport, find_vacuous_tests
-from kodcode.runtime.llm import stable_seed
+from kodcode.llm.client import stable_seed
 from kodcode.sandbox.base import Verdict
 
 __all__ = ["Judge", "Judgement"]

@@ -1,5 +1,5 @@
 """Proposer: turns a proposal slot into a question, then gates it (duplicates, contamination) before any
-solver token is spent. Each source prompts and parses for itself (kodcode.sources); the Proposer records
+solver token is spent. Each source prompts and parses for itself (kodcode.agents.sources); the Proposer records
 the outcome, whatever the source."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Protocol
 from kodcode.agents.context import AgentContext
 from kodcode.messages import ProposeTask
 from kodcode.parsing import ParseFailure
-from kodcode.sources import chatml_prefill, source_type
+from kodcode.agents.sources import chatml_prefill, source_type
 
 __all__ = ["GateVerdict", "Proposer", "QuestionGate", "chatml_prefill"]
 

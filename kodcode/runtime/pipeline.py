@@ -31,7 +31,7 @@ from kodcode.errors import BudgetExhausted
 from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, ReasonTask, RewriteTask
 from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
 from kodcode.runtime.scheduler import AttemptPolicy, paper_label
-from kodcode.sources import SourceMix
+from kodcode.agents.sources import SourceMix
 
 __all__ = ["Pipeline", "RunSummary"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kodcode.errors import ConfigError
 from kodcode.messages import ProposeTask
 from kodcode.parsing import ParseFailure, clean_question
-from kodcode.sources.base import ask
+from kodcode.agents.sources.base import ask
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext

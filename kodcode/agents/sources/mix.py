@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 from kodcode.config import Config
 from kodcode.errors import ConfigError
 from kodcode.messages import ProposeTask
-from kodcode.sources.base import QuestionSource
-from kodcode.sources.docs import DocIndex, DocSource
-from kodcode.sources.evol import EvolSource, VerifiedPool, VerifiedProvider
-from kodcode.sources.filter import FilterSource
-from kodcode.sources.given import GivenSource
-from kodcode.sources.prefill import PrefillSource
-from kodcode.sources.seeds import SeedSource, load_seeds
-from kodcode.sources.snippets import SnippetIndex, SnippetSource, default_snippets_dir
+from kodcode.agents.sources.base import QuestionSource
+from kodcode.agents.sources.docs import DocIndex, DocSource
+from kodcode.agents.sources.evol import EvolSource, VerifiedPool, VerifiedProvider
+from kodcode.agents.sources.filter import FilterSource
+from kodcode.agents.sources.given import GivenSource
+from kodcode.agents.sources.prefill import PrefillSource
+from kodcode.agents.sources.seeds import SeedSource, load_seeds
+from kodcode.agents.sources.snippets import SnippetIndex, SnippetSource, default_snippets_dir
 
 if TYPE_CHECKING:
-    from kodcode.runtime.records import Records
+    from kodcode.store.records import Records
 
 __all__ = ["SOURCE_TYPES", "SourceMix", "source_type"]
 

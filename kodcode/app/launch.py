@@ -21,20 +21,20 @@ from rich.console import Console
 from kodcode.agents.context import AgentContext
 from kodcode.config import ROLES, Config, load_config
 from kodcode.errors import ConfigError, KodcodeError
-from kodcode.progress import ProgressSnapshot, ProgressView
+from kodcode.app.progress import ProgressSnapshot, ProgressView
 from kodcode.prompts import PromptLibrary
-from kodcode.runtime.fleet import build_transport, endpoint_specs, preflight_pool
+from kodcode.llm.pool import build_transport, endpoint_specs, preflight_pool
 from kodcode.runtime.gate import build_gate
-from kodcode.runtime.llm import LLMClient, LLMTransport, OpenAITransport
-from kodcode.runtime.logging import EVENTS_FILE, close_logging, configure_logging, get_logger
+from kodcode.llm.client import LLMClient, LLMTransport, OpenAITransport
+from kodcode.log import EVENTS_FILE, close_logging, configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline, RunSummary
-from kodcode.runtime.prices import merged_prices
-from kodcode.runtime.records import Records
+from kodcode.llm.prices import merged_prices
+from kodcode.store.records import Records
 from kodcode.runtime.scheduler import AdaptivePolicy, Budget, BudgetSpent
-from kodcode.runtime.store import Store
+from kodcode.store.sqlite import Store
 from kodcode.sandbox import open_sandbox
 from kodcode.sandbox.base import Limits
-from kodcode.sources import SourceMix
+from kodcode.agents.sources import SourceMix
 
 __all__ = ["launch", "role_models", "start_endpoint", "user_error"]
 
@@ -192,13 +192,13 @@ async def start_endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -
     """(where, default model, transport): the configured endpoint, checked; the embedded model; or vLLM in process."""
     backend = config.effective_backend
     if backend == "vllm":
-        from kodcode.runtime.vllm_backend import engine_settings, vllm_transport   # vllm only when chosen
+        from kodcode.llm.vllm_inprocess import engine_settings, vllm_transport   # vllm only when chosen
 
         settings = await anyio.to_thread.run_sync(engine_settings, config)   # may convert the model (once)
         transport = await stack.enter_async_context(vllm_transport(settings))
         return transport.label, transport.model, transport
     if backend == "embedded":
-        from kodcode.runtime.embedded import embedded_server   # only the embedded path needs its packages
+        from kodcode.models.llama_server import embedded_server   # only the embedded path needs its packages
 
         endpoint = await stack.enter_async_context(embedded_server(
             config.embedded_variant, concurrency=config.concurrency, log_path=run_dir / "llama-server.log"))

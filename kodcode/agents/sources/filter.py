@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kodcode.messages import ProposeTask
 from kodcode.parsing import ParseFailure, clean_question, split_reasoning
-from kodcode.sources.base import ask, chatml_prefill, first_line
+from kodcode.agents.sources.base import ask, chatml_prefill, first_line
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from kodcode.errors import ConfigError
 from kodcode.messages import ProposeTask
 from kodcode.parsing import clean_question
-from kodcode.sources.base import ask
+from kodcode.agents.sources.base import ask
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext

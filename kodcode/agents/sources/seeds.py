@@ -17,7 +17,7 @@ from kodcode.errors import ConfigError
 from kodcode.jsonl import json_objects
 from kodcode.messages import ProposeTask
 from kodcode.parsing import clean_question
-from kodcode.sources.base import ask
+from kodcode.agents.sources.base import ask
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext

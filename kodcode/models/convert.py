@@ -2,7 +2,7 @@
 
 transformers dequantizes the GGUF (Q4_K_M) into bf16 weights and rebuilds the tokenizer and chat
 template from the GGUF's metadata; no hub access is needed. The conversion runs once, in a child
-process (``python -m kodcode.runtime.convert GGUF OUT``) so its ~2 GiB of tensors are gone before the
+process (``python -m kodcode.models.convert GGUF OUT``) so its ~2 GiB of tensors are gone before the
 engine loads, into a temp directory beside the destination that is renamed into place only when
 complete, under an ``flock`` so two runs never convert at once. Later runs find the directory and reuse it.
 """
@@ -83,7 +83,7 @@ def ensure_checkpoint(gguf_path: Path, out_dir: Path | None = None) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             # A child process: the converter's tensors and torch threads must not stay in the run's process.
-            result = subprocess.run([sys.executable, "-m", "kodcode.runtime.convert", str(gguf_path), str(staging)],
+            result = subprocess.run([sys.executable, "-m", "kodcode.models.convert", str(gguf_path), str(staging)],
                                     capture_output=True, text=True, check=False)
             if result.returncode != 0 or not is_complete(staging):
                 tail = (result.stderr or result.stdout)[-_LOG_TAIL_CHARS:].strip()
@@ -101,7 +101,7 @@ def ensure_checkpoint(gguf_path: Path, out_dir: Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m kodcode.runtime.convert MODEL.gguf OUT_DIR", file=sys.stderr)
+        print("usage: python -m kodcode.models.convert MODEL.gguf OUT_DIR", file=sys.stderr)
         return 2
     try:
         convert_gguf(Path(args[0]), Path(args[1]))

@@ -7,7 +7,7 @@ as they are. A cancelled request is aborted in the engine, and the engine (with 
 process) is shut down when the run ends, also on Ctrl-C and errors.
 
 The model is a Hugging Face checkpoint directory, by default the embedded GGUF converted once to bf16
-(:mod:`kodcode.runtime.convert`). On a CPU the engine runs eager (torch.compile costs ~40 s at start
+(:mod:`kodcode.models.convert`). On a CPU the engine runs eager (torch.compile costs ~40 s at start
 and gains nothing there) without the extra frontend process; on a GPU vLLM's own defaults apply.
 vllm is imported only here, only when this backend is chosen.
 """
@@ -30,9 +30,9 @@ import anyio
 
 from kodcode.config import Config
 from kodcode.errors import ConfigError, EmbeddedModelError, LLMError
-from kodcode.runtime.lifeline import Lifeline, descendants, reap
-from kodcode.runtime.llm import LLMRequest, LLMResponse
-from kodcode.runtime.model_files import resolve_variant
+from kodcode.models.lifeline import Lifeline, descendants, reap
+from kodcode.llm.client import LLMRequest, LLMResponse
+from kodcode.models.files import resolve_variant
 
 __all__ = [
     "INSTALL_HINT",
@@ -81,8 +81,8 @@ def import_vllm() -> Any:
 
 def default_checkpoint(variant: str) -> Path:
     """The embedded model `variant` as a bf16 checkpoint: assembled, converted once, cached beside the GGUF."""
-    from kodcode.runtime.convert import ensure_checkpoint
-    from kodcode.runtime.model_files import ensure_model
+    from kodcode.models.convert import ensure_checkpoint
+    from kodcode.models.files import ensure_model
 
     return ensure_checkpoint(ensure_model(variant))
 

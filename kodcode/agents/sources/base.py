@@ -17,7 +17,7 @@ from kodcode.messages import ProposeTask
 if TYPE_CHECKING:  # the agents import the sources; only the types flow back
     from kodcode.agents.context import AgentContext
     from kodcode.prompts import RenderedPrompt
-    from kodcode.runtime.llm import LLMRequest, LLMResponse
+    from kodcode.llm.client import LLMRequest, LLMResponse
 
 __all__ = ["QuestionSource", "ask", "chatml_prefill", "first_line"]
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kodcode.messages import ProposeTask
 from kodcode.parsing import ParseFailure
-from kodcode.sources.seeds import Seed
+from kodcode.agents.sources.seeds import Seed
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kodcode.messages import ProposeTask
 from kodcode.parsing import clean_question
-from kodcode.sources.base import ask
+from kodcode.agents.sources.base import ask
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext
-    from kodcode.runtime.records import Records
+    from kodcode.store.records import Records
 
 __all__ = ["EVOLVE_METHODS", "EvolSource", "VerifiedPool", "VerifiedProvider"]
 

@@ -39,7 +39,7 @@ import httpx
 
 from kodcode.config import EndpointSettings
 from kodcode.errors import ConfigError, LLMError
-from kodcode.runtime.llm import LLMRequest, LLMResponse, LLMTransport, OpenAITransport, TransientLLMError, preflight
+from kodcode.llm.client import LLMRequest, LLMResponse, LLMTransport, OpenAITransport, TransientLLMError, preflight
 
 __all__ = [
     "EndpointPool",
