@@ -230,9 +230,10 @@ async def fleet_sweep(fleet: Fleet, service_s: float, levels: list[int], warmup_
         else:
             specs = [EndpointSpec(url, kind="auto") for url in fleet.urls]
             pool = EndpointPool(specs, timeout_s=60)
-        client = LLMClient({"default": pool}, None, concurrency=level, backoff_base_s=0.05, backoff_cap_s=1.0)
-        result = await drive(client, pool, level, warmup_s, measure_s)
-        await client.aclose()
+        async with pool:
+            client = LLMClient({"default": pool}, None, concurrency=level, backoff_base_s=0.05, backoff_cap_s=1.0)
+            result = await drive(client, pool, level, warmup_s, measure_s)
+            await client.aclose()
         ideal = min(level, capacity) / service_s
         throughput = result["done"] / result["wall"]
         queue_times = [t for url in queue_urls for t in result["server_time"][url]]
@@ -274,9 +275,10 @@ async def thousand_in_flight(url: str | None, service_s: float, warmup_s: float,
         pool = EndpointPool(specs, initial_concurrency=250, transport_factory=lambda spec, key: SleepTransport(service_s))
     else:
         pool = EndpointPool([EndpointSpec(url, kind="auto")], initial_concurrency=1000, timeout_s=60)
-    client = LLMClient({"default": pool}, None, concurrency=1000)
-    result = await drive(client, pool, 1000, warmup_s, measure_s)
-    await client.aclose()
+    async with pool:
+        client = LLMClient({"default": pool}, None, concurrency=1000)
+        result = await drive(client, pool, 1000, warmup_s, measure_s)
+        await client.aclose()
     in_flight = result["done"] / result["wall"] * statistics.median(result["latencies"])
     return {"throughput": result["done"] / result["wall"], "cpu_per_1k": 1000 * result["cpu"] / max(1, result["done"]),
             "cores": result["cpu"] / result["wall"], "in_flight": in_flight}

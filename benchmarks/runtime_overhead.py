@@ -13,23 +13,19 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kodcode.agents.context import AgentContext  # noqa: E402
+from kodcode.app.build import assemble  # noqa: E402
 from kodcode.config import load_config  # noqa: E402
-from kodcode.prompts import PromptLibrary  # noqa: E402
-from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse  # noqa: E402
-from kodcode.log import configure_logging, get_logger  # noqa: E402
-from kodcode.runtime.pipeline import Pipeline  # noqa: E402
-from kodcode.store.records import Records  # noqa: E402
-from kodcode.runtime.scheduler import AdaptivePolicy  # noqa: E402
-from kodcode.store.sqlite import Store  # noqa: E402
-from kodcode.sandbox.base import Limits, TestOutcome, Verdict  # noqa: E402
-from kodcode.agents.sources import SourceMix  # noqa: E402
+from kodcode.llm.client import LLMRequest  # noqa: E402
+from kodcode.llm.fake import ScriptedTransport  # noqa: E402
+from kodcode.log import configure_logging  # noqa: E402
+from kodcode.sandbox.fake import FakeSandbox  # noqa: E402
 
 SOLUTION = "```python\ndef add(a, b):\n    return a + b\n```"
 TESTS = "```python\nfrom solution import add\n\ndef test_add():\n    assert add(1, 2) == 3\n```"
@@ -37,44 +33,26 @@ COMPLETION = ('<|Completion Begin|>\n```python\ndef add(a, b):\n    """Add two n
               '    >>> add(1, 2)\n    3\n    """\n```\n<|Completion End|>')
 
 
-class InstantTransport:
+def instant_answer(request: LLMRequest) -> str:
     """Answers at once, like a model with infinite speed: what remains is kodcode's own work."""
-
-    async def send(self, request: LLMRequest) -> LLMResponse:
-        text = {"propose_prefill": f" add two numbers, variant {request.seed}", "solve": SOLUTION,
-                "test_split": TESTS, "rewrite_complete": COMPLETION}[request.template]
-        return LLMResponse((text,), ("stop",), 50, 50, 0.0, request.key)
-
-    async def aclose(self) -> None:
-        pass
-
-
-class InstantSandbox:
-    async def run(self, solution: str, tests: str, limits: Limits | None = None) -> Verdict:
-        await anyio.sleep(0)
-        return Verdict(True, None, (TestOutcome("test_add", "passed"),), 100.0, 0.0)
-
-    async def aclose(self) -> None:
-        pass
+    return {"propose_prefill": f" add two numbers, variant {request.seed}", "solve": SOLUTION,
+            "test_split": TESTS, "rewrite_complete": COMPLETION}[request.template]
 
 
 async def one_run(db: str, items: int, concurrency: int) -> tuple[float, int]:
     config = load_config(None, {"base_url": "http://127.0.0.1:9/v1", "target": items, "concurrency": concurrency,
                                 "mode": "split", "max_attempts": 10})
-    store = await Store.open(db)
-    records = Records(store)
-    await records.start_run({})
-    llm = LLMClient({"default": InstantTransport()}, records, concurrency=concurrency)
-    ctx = AgentContext(config, llm, records, InstantSandbox(), PromptLibrary(),
-                       {r: "instant" for r in ("proposer", "solver", "tester", "rewriter")}, get_logger())
-    pipeline = Pipeline(ctx, policy=AdaptivePolicy(), sources=SourceMix(config))
-    started = time.perf_counter()
-    await pipeline.run()
-    elapsed = time.perf_counter() - started
-    verified = await records.verified_count()
-    commits = store.commits
-    await store.aclose()
-    return verified / elapsed, commits
+    async with AsyncExitStack() as stack:
+        # The composition root with fakes at the I/O boundary; no question gate: the synthetic questions
+        # are near-duplicates of each other on purpose.
+        parts = await assemble(config, db, stack, transport=ScriptedTransport(instant_answer), sandbox=FakeSandbox())
+        await parts.records.start_run({})
+        pipeline = await parts.pipeline(question_gate=False)
+        started = time.perf_counter()
+        await pipeline.run()
+        elapsed = time.perf_counter() - started
+        verified = (await parts.records.counts())["verified"]
+        return verified / elapsed, parts.store.commits
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from kodcode.prompts import PromptLibrary
 from kodcode.quality.humaneval_questions import GivenQuestion, humaneval_questions, with_prompt_helpers
 from kodcode.llm.client import LLMClient, OpenAITransport
 from kodcode.log import configure_logging, get_logger
-from kodcode.store.records import Records
+from kodcode.store.records import SqliteRecords
 from kodcode.store.sqlite import Store
 from kodcode.sandbox import Sandbox, bwrap_available, open_sandbox
 
@@ -194,7 +194,7 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
             "concurrency": args.concurrency, "gates": {"mutation": True, "max_mutants": args.max_mutants,
                                                        "mutation_threshold": args.threshold}})
         store = await Store.open(work / "kc.db")
-        records = Records(store)
+        records = SqliteRecords(store)
         await records.start_run(config.model_dump(mode="json"))
         llm = LLMClient({"default": OpenAITransport(base_url, timeout_s=config.llm_timeout_s)}, records,
                         concurrency=args.concurrency)

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import sqlite3
 import sys
 import tempfile
 from collections import Counter
@@ -30,7 +29,8 @@ from typing import Any
 from kodcode import __version__
 from kodcode.errors import KodcodeError
 from kodcode.parsing import test_info
-from kodcode.store.sqlite import open_readonly
+from kodcode.store import queries
+from kodcode.store.queries import Row, open_readonly
 
 __all__ = ["ExportFilter", "export", "iter_v1_rows", "main", "rl_rows", "sft_rows", "write_rows"]
 
@@ -56,35 +56,25 @@ class ExportFilter:
         return not (self.correct_only and not row.get("reasoning_correctness"))
 
 
-def _responses(conn: sqlite3.Connection, item_id: str, style: str) -> list[sqlite3.Row]:
-    try:
-        return conn.execute("SELECT * FROM responses WHERE item_id=? AND style=? ORDER BY sample",
-                            (item_id, style)).fetchall()
-    except sqlite3.OperationalError:   # a store from before reasoning responses existed
-        return []
-
-
 def iter_v1_rows(db: Path, keep: ExportFilter = ExportFilter()) -> Iterator[dict[str, Any]]:
     """One row per verified item (style instruct) and one per verified rewrite (its style)."""
     conn = open_readonly(db)
     try:
-        for item in conn.execute("SELECT * FROM items WHERE state='verified' ORDER BY seq").fetchall():
-            attempts = conn.execute("SELECT * FROM attempts WHERE item_id=? AND state='judged' ORDER BY attempt",
-                                    (item["item_id"],)).fetchall()
+        for item in queries.verified_items(conn):
+            attempts = queries.judged_attempts(conn, item["item_id"])
             chosen = next((a for a in attempts if a["attempt"] == item["chosen_attempt"]), None)
             if chosen is None:
                 continue
             base = _base_row(item, attempts, chosen)
             variants = [("instruct", f"{item['item_id']}_I", item["question"], base["metadata"])]
-            for rewrite in conn.execute("SELECT * FROM rewrites WHERE item_id=? AND state='verified' ORDER BY style",
-                                        (item["item_id"],)):
+            for rewrite in queries.verified_rewrites(conn, item["item_id"]):
                 metadata = {**base["metadata"], "original_instruction": item["question"],
                             "rewrite": json.loads(rewrite["lineage"] or "{}")}
                 variants.append((rewrite["style"], f"{item['item_id']}_{rewrite['style'][:1].upper()}",
                                  rewrite["question"], metadata))
             for style, question_id, question, metadata in variants:
                 row = _row(base, style, question_id, question, metadata)
-                row.update(_reasoning_fields(_responses(conn, item["item_id"], style)))
+                row.update(_reasoning_fields(queries.responses(conn, item["item_id"], style)))
                 if keep.keep(row):
                     yield row
     finally:
@@ -99,7 +89,7 @@ def _row(base: dict[str, Any], style: str, question_id: str, question: str,
             "metadata": metadata}
 
 
-def _reasoning_fields(responses: list[sqlite3.Row]) -> dict[str, Any]:
+def _reasoning_fields(responses: list[Row]) -> dict[str, Any]:
     """The SFT-R1 card's r1_* fields, named for any reasoning model; the kept response is the passing one
     with the highest coverage, else the first sample (as the paper's step 3.3)."""
     if not responses:
@@ -118,7 +108,7 @@ def _reasoning_fields(responses: list[sqlite3.Row]) -> dict[str, Any]:
     }
 
 
-def _base_row(item: sqlite3.Row, attempts: list[sqlite3.Row], chosen: sqlite3.Row) -> dict[str, Any]:
+def _base_row(item: Row, attempts: list[Row], chosen: Row) -> dict[str, Any]:
     passes = [int(a["passed"] or 0) for a in attempts]
     trials: dict[str, Any] = {}
     chosen_name = ""
@@ -177,7 +167,7 @@ def _base_row(item: sqlite3.Row, attempts: list[sqlite3.Row], chosen: sqlite3.Ro
     }
 
 
-def _gates(attempt: sqlite3.Row) -> dict[str, Any] | None:
+def _gates(attempt: Row) -> dict[str, Any] | None:
     """The quality gates' outcome for the chosen trial (mutation score, vacuous tests, cross-check)."""
     keys = attempt.keys()
     if "gates" not in keys or attempt["gates"] is None:
@@ -301,7 +291,7 @@ def _write_card(db: Path, out: Path, kind: str, fmt: str, v1: list[dict[str, Any
                 counts: dict[str, Counter]) -> None:
     conn = open_readonly(db)
     try:
-        states = dict(conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        states = queries.state_counts(conn)
     finally:
         conn.close()
     settled = sum(n for s, n in states.items() if s not in ("proposing", "open"))

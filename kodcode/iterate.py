@@ -20,44 +20,29 @@ The model and backend are the run's (from its stored config) unless flags say ot
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import secrets
-import sqlite3
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kodcode.errors import ConfigError, KodcodeError, StoreError
-from kodcode.store.records import Records
-from kodcode.store.sqlite import Store, dumps
-from kodcode.sandbox.base import Verdict
+from kodcode.errors import ConfigError, KodcodeError
+from kodcode.store.queries import ItemSample, sample_items, stored_run_config
 
 if TYPE_CHECKING:   # the run's machinery is imported only once there is something to run
     from kodcode.agents.context import AgentContext
     from kodcode.config import Config
     from kodcode.prompts import PromptLibrary
+    from kodcode.store.trials import TrialRecords
 
 __all__ = ["STAGES", "ItemSample", "TrialOutcome", "build_parser", "main", "sample_items"]
 
 STAGES = ("solver", "tester")
 DEFAULT_DB = Path("runs/kodcode.db")
 _SALT = "iterate"
-
-
-@dataclass(frozen=True)
-class ItemSample:
-    """A verified item and the triplet that verified it: the fixed upstream of every trial on it."""
-
-    item_id: str
-    question: str
-    solution: str
-    tests: str
-    entry_point: str
 
 
 @dataclass
@@ -80,28 +65,6 @@ class ArmResult:
     @property
     def passed(self) -> int:
         return sum(o.passed for o in self.outcomes)
-
-
-def sample_items(conn: sqlite3.Connection, n: int, seed: int) -> list[ItemSample]:
-    """`n` verified items, the same ones for the same store and seed whatever order they were stored in."""
-    rows = conn.execute(
-        "SELECT i.item_id, i.question, a.solution, a.tests, COALESCE(a.entry_point, i.entry_point) AS entry_point"
-        " FROM items i JOIN attempts a ON a.item_id = i.item_id AND a.attempt = i.chosen_attempt"
-        " WHERE i.state = 'verified' AND a.solution IS NOT NULL AND a.tests IS NOT NULL").fetchall()
-    items = [ItemSample(r["item_id"], r["question"], r["solution"], r["tests"], r["entry_point"] or "") for r in rows]
-    items.sort(key=lambda item: hashlib.sha256(f"{seed}:{item.item_id}".encode()).hexdigest())
-    return items[:n]
-
-
-def stored_run_config(conn: sqlite3.Connection) -> dict[str, Any]:
-    """The latest run's settings, as `kodcode.run` stored them (without what it added for the record)."""
-    row = conn.execute("SELECT config FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
-    if row is None:
-        raise StoreError("the store has no run to iterate on")
-    data = json.loads(row["config"])
-    for key in ("models", "prompts"):
-        data.pop(key, None)
-    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +114,6 @@ def _iterate(args: argparse.Namespace) -> int:
     try:
         base = stored_run_config(conn)
         items = sample_items(conn, args.sample, args.seed)
-    except sqlite3.Error as exc:
-        raise StoreError(f"store {args.db} cannot be read: {exc}") from None
     finally:
         conn.close()
     if not items:
@@ -212,29 +173,16 @@ async def _run_arms(args: argparse.Namespace, config: Config, items: Sequence[It
                     baseline: PromptLibrary, candidate: PromptLibrary) -> tuple[str, list[ArmResult], dict[str, int]]:
     import anyio
 
-    from kodcode.agents.context import AgentContext
-    from kodcode.app.launch import role_models, start_endpoint
-    from kodcode.llm.client import LLMClient
-    from kodcode.log import get_logger
-    from kodcode.sandbox import open_sandbox
-    from kodcode.sandbox.base import Limits
+    from kodcode.app.build import assemble
+    from kodcode.store.trials import TrialRecords
 
-    log = get_logger()
     batch = secrets.token_hex(6)
     arms = [] if args.no_baseline else [("baseline", baseline, str(config.prompts_dir) if config.prompts_dir else None)]
     arms.append(("candidate", candidate, str(args.prompts)))
     async with AsyncExitStack() as stack:
-        store = await Store.open(args.db)
-        stack.push_async_callback(store.aclose)
-        records = Records(store)
-        _, default_model, transport = await start_endpoint(config, args.db.parent, stack)
-        models = role_models(config, default_model)
-        llm = LLMClient({"default": transport}, records, concurrency=config.concurrency,
-                        max_retries=config.llm_max_retries, logger=log)
-        stack.push_async_callback(llm.aclose)
-        sandbox = await stack.enter_async_context(open_sandbox(
-            workers=config.sandbox.workers, isolation=config.sandbox.isolation,
-            limits=Limits(wall_s=config.sandbox.timeout_s)))
+        # The run's own caps are not iterate's: its calls are counted (and cached) but not capped by them.
+        parts = await assemble(config, args.db, stack, enforce_budget=False)
+        log = parts.log
         log.info("iterate_started", batch=batch, stage=args.stage, template=template, items=len(items),
                  samples_per_item=args.samples_per_item, arms=[a[0] for a in arms])
         results: list[ArmResult] = []
@@ -242,31 +190,32 @@ async def _run_arms(args: argparse.Namespace, config: Config, items: Sequence[It
         for arm, prompts, prompts_dir in arms:
             result = ArmResult(arm, template, prompts.template_hash(template), prompts_dir)
             results.append(result)
-            trial_records = TrialRecords(store, batch=batch, arm=arm, stage=args.stage, template=template,
-                                         template_hash=result.template_hash, model=models[args.stage])
-            ctx = AgentContext(config, llm, trial_records, sandbox, prompts, models, log, seed_salt=_SALT)
+            trials = TrialRecords(parts.store, batch=batch, arm=arm, stage=args.stage, template=template,
+                                  template_hash=result.template_hash, model=parts.models[args.stage])
+            ctx = parts.context(records=trials, prompts=prompts, seed_salt=_SALT)
 
-            async def one(item: ItemSample, sample: int, ctx: AgentContext = ctx, result: ArmResult = result) -> None:
+            async def one(item: ItemSample, sample: int, ctx: AgentContext = ctx, trials: TrialRecords = trials,
+                          result: ArmResult = result) -> None:
                 async with limiter:
-                    result.outcomes.append(await run_trial(ctx, args.stage, item, sample))
+                    result.outcomes.append(await run_trial(ctx, trials, args.stage, item, sample))
 
             async with anyio.create_task_group() as tg:
                 for item in items:
                     for sample in range(1, args.samples_per_item + 1):
                         tg.start_soon(one, item, sample)
         log.info("iterate_finished", batch=batch, **{r.arm: f"{r.passed}/{len(r.outcomes)}" for r in results})
-        return batch, results, llm.statistics()
+        return batch, results, parts.llm.statistics()
 
 
-async def run_trial(ctx: AgentContext, stage: str, item: ItemSample, sample: int) -> TrialOutcome:
-    """One trial of `stage` on `item`: the stage's agent with the item's stored upstream, then the Judge."""
+async def run_trial(ctx: AgentContext, trials: TrialRecords, stage: str, item: ItemSample, sample: int) -> TrialOutcome:
+    """One trial of `stage` on `item`: the stage's agent with the item's stored upstream, then the Judge.
+    `trials` is the records port in `ctx` (the agents write through it; this keeps what they wrote)."""
     from kodcode.agents.judge import Judge
     from kodcode.agents.solver import Solver
     from kodcode.agents.tester import Tester
     from kodcode.messages import AttemptResult, AttemptTask
 
-    records = ctx.records
-    assert isinstance(records, TrialRecords)
+    records = trials
     if stage == "solver":
         task = AttemptTask(item.item_id, sample, item.question)
         out = await Solver(ctx).handle(task)
@@ -284,63 +233,6 @@ async def run_trial(ctx: AgentContext, stage: str, item: ItemSample, sample: int
     records.remember(out)
     judgement = await Judge(ctx).judge(out)
     return TrialOutcome(records.arm, item.item_id, sample, judgement.passed, judgement.reason)
-
-
-class TrialRecords(Records):
-    """The records port for prompt trials: what the agents would write to an attempt goes to prompt_trials.
-
-    The Solver, Tester and Judge run unchanged; their attempt writes land here, one row per trial, so a
-    trial never touches the run's items, attempts or export. LLM calls are still recorded (and cached)
-    in the store by the LLM client, as in a run.
-    """
-
-    def __init__(self, store: Store, *, batch: str, arm: str, stage: str, template: str, template_hash: str,
-                 model: str) -> None:
-        super().__init__(store)
-        self.batch, self.arm, self.stage = batch, arm, stage
-        self.template, self.template_hash, self.model = template, template_hash, model
-        self._pending: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def remember(self, task: Any) -> None:
-        self._pending.setdefault((task.item_id, task.attempt), {}).update(
-            solution=task.solution, tests=task.tests)
-
-    async def save_solution(self, item_id: str, attempt: int, solution: str, entry_point: str,
-                            lineage: dict[str, Any]) -> None:
-        self._pending.setdefault((item_id, attempt), {}).update(solution=solution, lineage=lineage)
-
-    async def save_tests(self, item_id: str, attempt: int, tests: str, lineage: dict[str, Any],
-                         solution: str | None = None, entry_point: str | None = None) -> None:
-        pending = self._pending.setdefault((item_id, attempt), {})
-        pending.update(tests=tests, lineage=lineage)
-        if solution is not None:
-            pending["solution"] = solution
-
-    async def fail_attempt(self, item_id: str, attempt: int, reason: str, *, role: str | None = None,
-                           lineage: dict[str, Any] | None = None, raw_output: str | None = None) -> None:
-        pending = self._pending.pop((item_id, attempt), {})
-        column = "tests" if role == "tester" else "solution"
-        pending[column] = raw_output
-        await self._write(item_id, attempt, {**pending, "lineage": lineage or pending.get("lineage") or {}},
-                          passed=False, reason=reason)
-
-    async def save_verdict(self, item_id: str, attempt: int, verdict: Verdict, *,
-                           gates: dict[str, Any] | None = None, mutation_score: float | None = None) -> None:
-        pending = self._pending.pop((item_id, attempt), {})
-        await self._write(item_id, attempt, pending, passed=verdict.passed, reason=verdict.reason,
-                          coverage=verdict.coverage, mutation_score=mutation_score, gates=gates)
-
-    async def _write(self, item_id: str, sample: int, pending: dict[str, Any], *, passed: bool, reason: str | None,
-                     coverage: float | None = None, mutation_score: float | None = None,
-                     gates: dict[str, Any] | None = None) -> None:
-        await self.store.write([(
-            "INSERT OR REPLACE INTO prompt_trials(batch, arm, stage, item_id, sample, template, template_hash, model,"
-            " solution, tests, passed, reason, coverage, mutation_score, gates, lineage, created_at)"
-            " VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (self.batch, self.arm, self.stage, item_id, sample, self.template, self.template_hash, self.model,
-             pending.get("solution"), pending.get("tests"), int(passed), reason, coverage, mutation_score,
-             None if gates is None else dumps(gates), dumps(pending.get("lineage") or {}), time.time()),
-        )])
 
 
 def _summary(batch: str, args: argparse.Namespace, mode: str, template: str, results: Sequence[ArmResult],

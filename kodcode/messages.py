@@ -33,6 +33,14 @@ class AttemptTask:
     entry_point: str | None = None
     tests: str | None = None
 
+    @property
+    def stage(self) -> str:
+        """Which agent takes it next: the one place that reads the stage off the fields (the store keeps
+        the same fact durably as attempts.state: queued → solved → tested → judged)."""
+        if self.solution is None:
+            return "solve"
+        return "test" if self.tests is None else "judge"
+
 
 @dataclass(frozen=True)
 class AttemptResult:

@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import re
-import sqlite3
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from kodcode.errors import StoreError
-from kodcode.store.sqlite import open_readonly
+from kodcode.store import queries
+from kodcode.store.queries import ReadConnection, open_readonly
 
 __all__ = [
     "COST_ROLES",
@@ -123,13 +123,11 @@ def _attempt_role_info(lineage: dict[str, Any], role: str) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
-def build_report(conn: sqlite3.Connection) -> dict[str, Any]:
+def build_report(conn: ReadConnection) -> dict[str, Any]:
     """Every figure of the report, as one JSON-ready dict."""
-    items = [dict(row) for row in conn.execute(
-        "SELECT item_id, subset, source, state, difficulty, reason, lineage, chosen_attempt FROM items ORDER BY seq")]
-    attempts = [dict(row) for row in conn.execute(
-        "SELECT item_id, attempt, state, mode, passed, reason, lineage FROM attempts ORDER BY item_id, attempt")]
-    rewrites = [dict(row) for row in conn.execute("SELECT item_id, style, state, reason FROM rewrites")]
+    items = queries.item_rows(conn)
+    attempts = queries.attempt_lineages(conn)
+    rewrites = queries.rewrite_rows(conn)
     settled_items = [i for i in items if i["state"] in SETTLED_STATES]
     judged_by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for attempt in attempts:
@@ -230,19 +228,15 @@ def _attempt_prompt_rates(attempts: Sequence[dict[str, Any]]) -> dict[str, dict[
     return out
 
 
-def _runs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    return [{"run_id": r["run_id"], "status": r["status"], "started_at": r["started_at"], "ended_at": r["ended_at"]}
-            for r in conn.execute("SELECT run_id, status, started_at, ended_at FROM runs ORDER BY started_at")]
+def _runs(conn: ReadConnection) -> list[dict[str, Any]]:
+    return queries.run_rows(conn)
 
 
-def _cost(conn: sqlite3.Connection, accepted: int, rows: int) -> dict[str, Any]:
+def _cost(conn: ReadConnection, accepted: int, rows: int) -> dict[str, Any]:
     """Every recorded call, failed attempts and rejected questions included, divided by what was accepted."""
     by_role: dict[str, dict[str, Any]] = {}
     totals = {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "tokens": 0, "usd": 0.0}
-    found = {r["role"]: r for r in conn.execute(
-        "SELECT role, COUNT(*) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-        " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost_usd), 0) AS usd"
-        " FROM llm_calls GROUP BY role")}
+    found = queries.llm_spend_by_role(conn)
     for role in (*COST_ROLES, *sorted(set(found) - set(COST_ROLES))):
         row = found.get(role)
         spent = {"calls": row["calls"] if row else 0, "prompt_tokens": row["prompt_tokens"] if row else 0,
@@ -263,15 +257,10 @@ def _cost(conn: sqlite3.Connection, accepted: int, rows: int) -> dict[str, Any]:
     }
 
 
-def _llm_totals(conn: sqlite3.Connection) -> dict[str, Any]:
-    row = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-        " COALESCE(SUM(cost_usd), 0), COALESCE(AVG(latency_s), 0) FROM llm_calls").fetchone()
-    by_model = {r[0]: {"calls": r[1], "tokens": r[2], "usd": float(r[3])} for r in conn.execute(
-        "SELECT model, COUNT(*), COALESCE(SUM(prompt_tokens + completion_tokens), 0), COALESCE(SUM(cost_usd), 0)"
-        " FROM llm_calls GROUP BY model ORDER BY model")}
-    return {"calls": row[0], "prompt_tokens": row[1], "completion_tokens": row[2], "tokens": row[1] + row[2],
-            "usd": float(row[3]), "mean_latency_s": float(row[4]), "by_model": by_model}
+def _llm_totals(conn: ReadConnection) -> dict[str, Any]:
+    totals = queries.llm_totals(conn)
+    return {**totals, "tokens": totals["prompt_tokens"] + totals["completion_tokens"],
+            "by_model": queries.llm_spend_by_model(conn)}
 
 
 # -- prompt comparison -------------------------------------------------------------------------------------
@@ -311,13 +300,8 @@ def compare_prompts_rows(attempts: Iterable[dict[str, Any]],
     return rows
 
 
-def compare_prompts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    attempts = (dict(row) for row in conn.execute(
-        "SELECT item_id, attempt, state, passed, lineage FROM attempts ORDER BY item_id, attempt"))
-    has_trials = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='prompt_trials'").fetchone()
-    trials = [dict(row) for row in conn.execute(
-        "SELECT stage, template, template_hash, model, passed FROM prompt_trials")] if has_trials else []
-    return compare_prompts_rows(attempts, trials)
+def compare_prompts(conn: ReadConnection) -> list[dict[str, Any]]:
+    return compare_prompts_rows(queries.attempt_lineages(conn), queries.prompt_trials(conn))
 
 
 # -- text rendering ----------------------------------------------------------------------------------------
@@ -426,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 report = build_report(conn)
                 text = json.dumps(report, indent=2) if args.json else render_report(report)
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {args.db} cannot be read: {exc}") from None
         finally:
             conn.close()
     except StoreError as exc:

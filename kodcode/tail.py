@@ -38,17 +38,6 @@ DEFAULT_PATH = Path("runs") / EVENTS_FILE
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _LEVEL_ALIASES = {"warn": "warning", "exception": "error", "fatal": "critical"}
 
-# Most events are logged through the agents' shared logger, which binds no agent: name the stage by event.
-_EVENT_AGENTS = {
-    "question_proposed": "proposer",
-    "question_rejected": "proposer",
-    "attempt_judged": "judge",
-    "decision": "scheduler",
-    "item_settled": "scheduler",
-    "rewrite_done": "rewriter",
-    "rewrite_rejected": "rewriter",
-}
-
 _SHOWN_IN_COLUMNS = ("ts", "level", "event", "run_id", "agent", "item_id", "attempt")
 
 
@@ -58,8 +47,9 @@ def _level_number(name: object) -> int:
 
 
 def agent_of(record: dict[str, Any]) -> str | None:
-    """The agent an event belongs to: bound `agent`, else the LLM `role`, else the stage its name implies."""
-    agent = record.get("agent") or record.get("role") or _EVENT_AGENTS.get(str(record.get("event", "")))
+    """The agent an event belongs to: `agent`, bound by the runtime as a context variable around every
+    message an actor handles (the scheduler's events name it too); else the LLM call's `role`."""
+    agent = record.get("agent") or record.get("role")
     return str(agent) if agent else None
 
 

@@ -6,9 +6,11 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
+from kodcode.runtime.actor import Actor, StopHandling
+from kodcode.runtime.mailbox import FifoMailbox, PriorityMailbox
 from kodcode.log import get_logger
 
 
@@ -49,7 +51,7 @@ async def test_a_failing_handler_is_retried_then_reported_and_the_actor_goes_on(
         recorder.handled.append(message)
 
     actor = make_actor(handler, recorder, FifoMailbox(4), retries=2)
-    with capture_logs() as logs:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         await serve(actor, ["bad", "flaky", "good"])
     assert recorder.tries == {"bad": 3, "flaky": 2, "good": 1}   # 1 try + 2 retries for "bad"
     assert recorder.handled == ["flaky", "good"]
@@ -157,3 +159,21 @@ async def test_closing_a_priority_mailbox_ends_idle_workers() -> None:
             await anyio.wait_all_tasks_blocked()
             mailbox.close()   # both workers are waiting in get(): they must end, and run() return
     assert recorder.handled == ["a"]
+
+
+async def test_events_logged_while_handling_carry_the_agent_and_item() -> None:
+    """The actor binds agent/item_id as context variables: an event logged anywhere below the handler (an
+    agent, the LLM client) carries them without being told, and nothing leaks to events logged after."""
+    recorder = Recorder()
+
+    async def handler(message: str) -> None:
+        get_logger().info("deep_inside", detail=message)
+
+    actor = make_actor(handler, recorder, FifoMailbox(4))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await serve(actor, ["Prefill_7"])
+        get_logger().info("afterwards")
+    inside = next(entry for entry in logs if entry["event"] == "deep_inside")
+    assert (inside["agent"], inside["item_id"]) == ("solver", "Prefill_7")
+    after = next(entry for entry in logs if entry["event"] == "afterwards")
+    assert "agent" not in after and "item_id" not in after

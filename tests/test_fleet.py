@@ -16,7 +16,7 @@ from kodcode.llm.pool import (EndpointPool, EndpointSpec, SlidingWindow, build_t
                                    estimate_tokens, parse_duration, parse_endpoint_urls, preflight_pool)
 from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport
 from kodcode.llm.prices import DEFAULT_PRICES, merged_prices, price_for
-from kodcode.runtime.scheduler import Budget
+from kodcode.llm.budget import Budget
 from kodcode.errors import ConfigError
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
@@ -81,26 +81,26 @@ async def test_dead_endpoint_is_ejected_and_rejoins_after_restart(scripted_serve
     flaky = SamePortServer(answer).start()
     flaky_url = flaky.base_url
     try:
-        pool = EndpointPool([EndpointSpec(steady.base_url, kind="openai"), EndpointSpec(flaky_url, kind="openai")],
-                            probe_base_s=0.05, probe_cap_s=0.1)
-        client = client_for(pool, max_retries=2)
-        await run_batch(client, "before", 16)
-        assert served(flaky) > 0 and served(steady) > 0
+        async with EndpointPool([EndpointSpec(steady.base_url, kind="openai"), EndpointSpec(flaky_url, kind="openai")],
+                                probe_base_s=0.05, probe_cap_s=0.1) as pool:
+            client = client_for(pool, max_retries=2)
+            await run_batch(client, "before", 16)
+            assert served(flaky) > 0 and served(steady) > 0
 
-        flaky.stop()
-        before = served(steady)
-        replies = await run_batch(client, "during", 16)
-        assert all(reply.text.startswith("answer to: during") for reply in replies)
-        status = pool.status(flaky_url)
-        assert not status.healthy and status.ejections == 1
-        assert served(steady) - before == 16          # every request went to the live endpoint
+            flaky.stop()
+            before = served(steady)
+            replies = await run_batch(client, "during", 16)
+            assert all(reply.text.startswith("answer to: during") for reply in replies)
+            status = pool.status(flaky_url)
+            assert not status.healthy and status.ejections == 1
+            assert served(steady) - before == 16          # every request went to the live endpoint
 
-        flaky.start()                                  # same port: the probe finds it again
-        await wait_until(lambda: pool.status(flaky_url).healthy)
-        flaky.reset_counts()
-        await run_batch(client, "after", 32)
-        assert served(flaky) > 0                       # back in rotation
-        await client.aclose()
+            flaky.start()                                  # same port: the probe finds it again
+            await wait_until(lambda: pool.status(flaky_url).healthy)
+            flaky.reset_counts()
+            await run_batch(client, "after", 32)
+            assert served(flaky) > 0                       # back in rotation
+            await client.aclose()
     finally:
         flaky.stop()
 
@@ -109,12 +109,12 @@ async def test_every_endpoint_down_is_a_transient_error_for_the_client(scripted_
     server = SamePortServer(answer).start()
     url = server.base_url
     server.stop()
-    pool = EndpointPool([EndpointSpec(url, kind="openai")], probe_base_s=0.05)
-    client = client_for(pool, max_retries=1)
-    with pytest.raises(Exception, match="gave up after 2 tries"):
-        await client.complete(chat("nobody home"))
-    assert pool.status(url).ejections == 1
-    await client.aclose()
+    async with EndpointPool([EndpointSpec(url, kind="openai")], probe_base_s=0.05) as pool:
+        client = client_for(pool, max_retries=1)
+        with pytest.raises(Exception, match="gave up after 2 tries"):
+            await client.complete(chat("nobody home"))
+        assert pool.status(url).ejections == 1
+        await client.aclose()
 
 
 class Switch:
@@ -131,36 +131,36 @@ class Switch:
 async def test_429_cuts_the_limit_and_success_grows_it_back(scripted_server: Server) -> None:
     switch = Switch()
     server = scripted_server(answer, faults=switch, latency=0.01)
-    pool = EndpointPool([EndpointSpec(server.base_url, kind="openai")], initial_concurrency=8)
-    client = client_for(pool, concurrency=8, max_retries=4)
-    await run_batch(client, "warm", 40)
-    grown = pool.status(server.base_url).limit
-    assert grown > 8                                   # slow start while nothing pushes back
+    async with EndpointPool([EndpointSpec(server.base_url, kind="openai")], initial_concurrency=8) as pool:
+        client = client_for(pool, concurrency=8, max_retries=4)
+        await run_batch(client, "warm", 40)
+        grown = pool.status(server.base_url).limit
+        assert grown > 8                                   # slow start while nothing pushes back
 
-    switch.on = True
-    await run_batch(client, "limited", 8)
-    cut = pool.status(server.base_url)
-    assert cut.rate_limited >= 1
-    assert cut.limit < grown                           # multiplicative decrease
+        switch.on = True
+        await run_batch(client, "limited", 8)
+        cut = pool.status(server.base_url)
+        assert cut.rate_limited >= 1
+        assert cut.limit < grown                           # multiplicative decrease
 
-    switch.on = False
-    await run_batch(client, "recover", 80)
-    assert pool.status(server.base_url).limit > cut.limit   # additive increase
-    await client.aclose()
+        switch.on = False
+        await run_batch(client, "recover", 80)
+        assert pool.status(server.base_url).limit > cut.limit   # additive increase
+        await client.aclose()
 
 
 async def test_queueing_server_is_shed_by_its_queue_depth(scripted_server: Server) -> None:
     # capacity=2 queues the rest like vLLM and never answers 429: only /metrics says it is saturated.
     server = scripted_server(answer, capacity=2, latency=0.05)
-    pool = EndpointPool([EndpointSpec(server.base_url, kind="auto")], initial_concurrency=16, metrics_interval_s=0.02)
-    client = client_for(pool, concurrency=16)
-    await run_batch(client, "load", 120)
-    status = pool.status(server.base_url)
-    assert status.kind == "vllm"                        # detected from the vllm: gauges
-    assert status.rate_limited == 0
-    assert status.limit < 16                            # fewer requests than it was first given
-    assert any(r.endpoint == "metrics" for r in server.requests)
-    await client.aclose()
+    async with EndpointPool([EndpointSpec(server.base_url, kind="auto")], initial_concurrency=16, metrics_interval_s=0.02) as pool:
+        client = client_for(pool, concurrency=16)
+        await run_batch(client, "load", 120)
+        status = pool.status(server.base_url)
+        assert status.kind == "vllm"                        # detected from the vllm: gauges
+        assert status.rate_limited == 0
+        assert status.limit < 16                            # fewer requests than it was first given
+        assert any(r.endpoint == "metrics" for r in server.requests)
+        await client.aclose()
 
 
 def test_sliding_window_holds_tokens_per_minute_within_five_percent() -> None:
@@ -212,14 +212,14 @@ def fake_pool(fakes: dict[str, FakeTransport], specs: list[EndpointSpec], now: l
 async def test_a_full_token_window_sends_requests_to_the_other_endpoint() -> None:
     now = [100.0]                                      # frozen: the window never refills during the test
     fakes = {"http://a/v1": FakeTransport(), "http://b/v1": FakeTransport()}
-    pool = fake_pool(fakes, [EndpointSpec("http://a/v1", tpm=2000, kind="openai"),
-                             EndpointSpec("http://b/v1", kind="openai")], now)
-    for i in range(20):
-        await pool.send(chat(f"q{i}", max_tokens=400))
-    # Estimates of ~402 tokens are corrected to the 500 used: a takes 4 (2000 tokens), b the rest.
-    assert fakes["http://a/v1"].calls == 4
-    assert fakes["http://b/v1"].calls == 16
-    await pool.aclose()
+    async with fake_pool(fakes, [EndpointSpec("http://a/v1", tpm=2000, kind="openai"),
+                                 EndpointSpec("http://b/v1", kind="openai")], now) as pool:
+        for i in range(20):
+            await pool.send(chat(f"q{i}", max_tokens=400))
+        # Estimates of ~402 tokens are corrected to the 500 used: a takes 4 (2000 tokens), b the rest.
+        assert fakes["http://a/v1"].calls == 4
+        assert fakes["http://b/v1"].calls == 16
+        await pool.aclose()
 
 
 async def test_rate_limit_headers_are_learned() -> None:
@@ -228,26 +228,26 @@ async def test_rate_limit_headers_are_learned() -> None:
                "x-ratelimit-reset-requests": "30s", "x-ratelimit-limit-tokens": "150000",
                "x-ratelimit-remaining-tokens": "149000", "x-ratelimit-reset-tokens": "400ms"}
     fakes = {"http://a/v1": FakeTransport(headers), "http://b/v1": FakeTransport()}
-    pool = fake_pool(fakes, [EndpointSpec("http://a/v1", kind="openai"), EndpointSpec("http://b/v1", kind="openai")], now)
-    await pool.send(chat("first"))                     # both idle: the first endpoint wins the tie
-    learned = pool.status("http://a/v1")
-    assert (learned.rpm_limit, learned.tpm_limit) == (60, 150000)
-    for i in range(5):                                 # a said "0 requests left for 30 s": b takes them
-        await pool.send(chat(f"next {i}"))
-    assert fakes["http://a/v1"].calls == 1 and fakes["http://b/v1"].calls == 5
-    now[0] = 31.0                                      # after the reset a is usable again
-    await asyncio.gather(*(pool.send(chat(f"later {i}")) for i in range(4)))
-    assert fakes["http://a/v1"].calls > 1
-    await pool.aclose()
+    async with fake_pool(fakes, [EndpointSpec("http://a/v1", kind="openai"), EndpointSpec("http://b/v1", kind="openai")], now) as pool:
+        await pool.send(chat("first"))                     # both idle: the first endpoint wins the tie
+        learned = pool.status("http://a/v1")
+        assert (learned.rpm_limit, learned.tpm_limit) == (60, 150000)
+        for i in range(5):                                 # a said "0 requests left for 30 s": b takes them
+            await pool.send(chat(f"next {i}"))
+        assert fakes["http://a/v1"].calls == 1 and fakes["http://b/v1"].calls == 5
+        now[0] = 31.0                                      # after the reset a is usable again
+        await asyncio.gather(*(pool.send(chat(f"later {i}")) for i in range(4)))
+        assert fakes["http://a/v1"].calls > 1
+        await pool.aclose()
 
 
 async def test_configured_limit_wins_over_a_larger_learned_one() -> None:
     now = [0.0]
     fakes = {"http://a/v1": FakeTransport({"x-ratelimit-limit-requests": "10000"})}
-    pool = fake_pool(fakes, [EndpointSpec("http://a/v1", rpm=100, kind="openai")], now)
-    await pool.send(chat("one"))
-    assert pool.status("http://a/v1").rpm_limit == 100
-    await pool.aclose()
+    async with fake_pool(fakes, [EndpointSpec("http://a/v1", rpm=100, kind="openai")], now) as pool:
+        await pool.send(chat("one"))
+        assert pool.status("http://a/v1").rpm_limit == 100
+        await pool.aclose()
 
 
 async def test_costs_are_summed_from_the_price_table(scripted_server: Server) -> None:
@@ -255,14 +255,14 @@ async def test_costs_are_summed_from_the_price_table(scripted_server: Server) ->
                              models=("gpt-4o-mini-2024-07-18",))
     model = "gpt-4o-mini-2024-07-18"
     budget = Budget(prices=merged_prices({}, [model]))
-    pool = EndpointPool([EndpointSpec(server.base_url, kind="openai")])
-    client = client_for(pool, budget=budget)
-    responses = await asyncio.gather(*(client.complete(chat(f"c{i}", model=model)) for i in range(5)))
-    per_call = (1000 * 0.15 + 2000 * 0.60) / 1_000_000
-    assert all(r.cost_usd == pytest.approx(per_call) for r in responses)
-    assert client.cost_usd == pytest.approx(5 * per_call)
-    assert budget.spent.usd == pytest.approx(5 * per_call)
-    await client.aclose()
+    async with EndpointPool([EndpointSpec(server.base_url, kind="openai")]) as pool:
+        client = client_for(pool, budget=budget)
+        responses = await asyncio.gather(*(client.complete(chat(f"c{i}", model=model)) for i in range(5)))
+        per_call = (1000 * 0.15 + 2000 * 0.60) / 1_000_000
+        assert all(r.cost_usd == pytest.approx(per_call) for r in responses)
+        assert client.cost_usd == pytest.approx(5 * per_call)
+        assert budget.spent.usd == pytest.approx(5 * per_call)
+        await client.aclose()
 
 
 def test_price_lookup_overrides_and_families() -> None:
@@ -319,17 +319,17 @@ async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
             return await super().send_with_headers(request)
 
     fake = Held()
-    pool = EndpointPool([EndpointSpec("http://a/v1", kind="openai", max_concurrency=1)],
-                        transport_factory=lambda spec, key: fake)
-    first = asyncio.create_task(pool.send(chat("first")))
-    queued = asyncio.create_task(pool.send(chat("queued")))
-    await wait_until(lambda: pool.waiting == 1)
-    queued.cancel()
-    release.set()
-    await first
-    with pytest.raises(asyncio.CancelledError):
-        await queued
-    assert pool.status("http://a/v1").in_flight == 0 and pool.waiting == 0
-    await pool.send(chat("after"))                     # the slot is free again
-    assert fake.calls == 2
-    await pool.aclose()
+    async with EndpointPool([EndpointSpec("http://a/v1", kind="openai", max_concurrency=1)],
+                            transport_factory=lambda spec, key: fake) as pool:
+        first = asyncio.create_task(pool.send(chat("first")))
+        queued = asyncio.create_task(pool.send(chat("queued")))
+        await wait_until(lambda: pool.waiting == 1)
+        queued.cancel()
+        release.set()
+        await first
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert pool.status("http://a/v1").in_flight == 0 and pool.waiting == 0
+        await pool.send(chat("after"))                     # the slot is free again
+        assert fake.calls == 2
+        await pool.aclose()

@@ -13,8 +13,8 @@ import pytest
 
 from kodcode.errors import BudgetExhausted, ConfigError, LLMError
 from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport, TransientLLMError, preflight
-from kodcode.store.records import Records
-from kodcode.runtime.scheduler import Budget
+from kodcode.store.records import SqliteRecords
+from kodcode.llm.budget import Budget
 from kodcode.store.sqlite import Store
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
@@ -127,7 +127,7 @@ async def test_the_store_answers_a_request_paid_for_in_an_earlier_run(scripted_s
     server = scripted_server(echo)
     db = tmp_path / "kodcode.db"
     store = await Store.open(db)
-    client = client_for(server, Records(store))
+    client = client_for(server, SqliteRecords(store))
     try:
         paid = await client.complete(chat("remember me", seed=3, item_id="i1", attempt=0))
     finally:
@@ -135,7 +135,7 @@ async def test_the_store_answers_a_request_paid_for_in_an_earlier_run(scripted_s
         await store.aclose()
 
     store = await Store.open(db)  # a new run on the same store
-    client = client_for(server, Records(store))
+    client = client_for(server, SqliteRecords(store))
     try:
         again = await client.complete(chat("remember me", seed=3, item_id="i1", attempt=0))
         assert again.cached

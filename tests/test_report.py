@@ -14,7 +14,7 @@ import pytest
 from helpers import kodcode_env
 from kodcode.messages import ProposeTask
 from kodcode.report import build_report, compare_prompts, normalise_reason, open_readonly, wilson_interval
-from kodcode.store.records import Records
+from kodcode.store.records import SqliteRecords
 from kodcode.store.sqlite import Store
 from kodcode.sandbox.base import Verdict
 
@@ -27,7 +27,7 @@ CALLS = {"proposer": (7, 10, 5, 0.001), "solver": (7, 100, 50, 0.01), "tester": 
          "rewriter": (2, 30, 20, 0.0)}
 
 
-async def attempt(records: Records, item_id: str, number: int, solver: dict[str, Any], reason: str | None,
+async def attempt(records: SqliteRecords, item_id: str, number: int, solver: dict[str, Any], reason: str | None,
                   *, tested: bool = True) -> None:
     """One judged attempt; `reason` None means it passed; untested attempts failed at the solver."""
     await records.open_attempt(item_id, number, "split")
@@ -41,7 +41,7 @@ async def attempt(records: Records, item_id: str, number: int, solver: dict[str,
 
 async def build_store(path: Path) -> Store:
     store = await Store.open(path)
-    records = Records(store)
+    records = SqliteRecords(store)
     await records.start_run({"target": 2})
     items = [("L1", "Leetcode"), ("L2", "Leetcode"), ("L3", "Leetcode"), ("P1", "Prefill"), ("P2", "Prefill"),
              ("P3", "Prefill"), ("P4", "Prefill")]

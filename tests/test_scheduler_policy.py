@@ -11,12 +11,12 @@ import pytest
 
 from kodcode.errors import BudgetExhausted, ConfigError
 from kodcode.runtime import scheduler
+from kodcode.llm.budget import Budget
+from kodcode.runtime.mailbox import AttemptQueue
 from kodcode.runtime.scheduler import (
     DEFAULT_PRIOR,
     PAPER_PASS_AT,
     AdaptivePolicy,
-    AttemptQueue,
-    Budget,
     FirstPassPolicy,
     FixedPolicy,
     PassPrior,

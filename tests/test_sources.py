@@ -25,7 +25,7 @@ from kodcode.prompts import PromptLibrary
 from kodcode.llm.client import LLMClient, OpenAITransport
 from kodcode.log import configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline
-from kodcode.store.records import Records
+from kodcode.store.records import SqliteRecords
 from kodcode.runtime.scheduler import AdaptivePolicy
 from kodcode.store.sqlite import Store
 from kodcode.sandbox.base import Limits, TestOutcome, Verdict
@@ -85,13 +85,13 @@ class Recorder:
 class Harness:
     config: Config
     ctx: AgentContext
-    records: Records
+    records: SqliteRecords
     store: Store
     proposer: Proposer
 
     async def propose(self, task: ProposeTask) -> str | None:
         await self.records.add_proposal(task)
-        return await self.proposer.handle(task)
+        return (await self.proposer.handle(task)).admitted
 
     async def item(self, item_id: str) -> dict[str, Any]:
         rows = await self.store.rows("SELECT * FROM items WHERE item_id=?", (item_id,))
@@ -109,7 +109,7 @@ def harness(scripted_server, tmp_path: Path):
         config = load_config(None, {"base_url": server.base_url, **overrides})
         configure_logging(tmp_path / "events.jsonl", console_level="warning")
         store = await Store.open(tmp_path / "kc.db")
-        records = Records(store)
+        records = SqliteRecords(store)
         await records.start_run({})
         llm = LLMClient({"default": OpenAITransport(server.base_url)}, records, concurrency=4, max_retries=0)
         ctx = AgentContext(config, llm, records, PassingSandbox(), PromptLibrary(),
@@ -530,7 +530,7 @@ async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, 
                                 "sources.snippets_dir": snippet_dir(tmp_path)})
     configure_logging(tmp_path / "events.jsonl", console_level="warning")
     store = await Store.open(tmp_path / "kc.db")
-    records = Records(store)
+    records = SqliteRecords(store)
     await records.start_run({})
     llm = LLMClient({"default": OpenAITransport(server.base_url)}, records, concurrency=4)
     ctx = AgentContext(config, llm, records, PassingSandbox(), PromptLibrary(),

@@ -12,7 +12,7 @@ import pytest
 from kodcode.errors import SchemaError, StoreError
 from kodcode.messages import ProposeTask
 from kodcode.llm.client import LLMRequest, LLMResponse
-from kodcode.store.records import Records
+from kodcode.store.records import SqliteRecords
 from kodcode.store.sqlite import SCHEMA_VERSION, Store
 from kodcode.sandbox.base import TestOutcome as Outcome
 from kodcode.sandbox.base import Verdict
@@ -214,13 +214,13 @@ async def test_a_leader_cancelled_while_a_commit_runs_does_not_strand_its_follow
 
 # -- records: the domain operations over a real store ----------------------------------------------
 
-async def open_records(tmp_path: Path) -> Records:
-    records = Records(await Store.open(tmp_path / "kodcode.db"))
+async def open_records(tmp_path: Path) -> SqliteRecords:
+    records = SqliteRecords(await Store.open(tmp_path / "kodcode.db"))
     await records.start_run({"target": 3})
     return records
 
 
-async def add_item(records: Records, item_id: str, question: str | None, state: str) -> None:
+async def add_item(records: SqliteRecords, item_id: str, question: str | None, state: str) -> None:
     await records.add_proposal(ProposeTask(item_id=item_id, seq=await records.next_seq(), source="prefill",
                                            subset="Prefill", seed_ids=("s1",)))
     if state != "proposing":
@@ -262,7 +262,6 @@ async def test_resume_state_sorts_items_by_what_is_left_to_do(tmp_path: Path) ->
         assert state.unrewritten[0]["solution"].startswith("def s(")
         counts = await records.counts()
         assert (counts["proposing"], counts["open"], counts["verified"], counts["duplicate"]) == (1, 1, 2, 1)
-        assert await records.yield_so_far() == (2, 3)
         assert await records.pass_history("o") == [False]
     finally:
         await records.store.aclose()
@@ -298,7 +297,7 @@ async def test_decide_settles_or_retries_in_one_transaction(tmp_path: Path) -> N
         await add_item(records, "a", "Write a function that adds numbers.", "open")
         await records.open_attempt("a", 0, "split")
         await records.decide("a", 1, "retry", "failed once", priority=0.5, next_attempt=(1, "split"))
-        assert await records.attempts_count("a") == 2
+        assert await store.scalar("SELECT COUNT(*) FROM attempts WHERE item_id='a'") == 2
         assert await store.scalar("SELECT action FROM decisions WHERE item_id='a'") == "retry"
 
         await records.decide("a", 2, "stop", "budget of attempts spent", label="fail", final_state="failed",

@@ -31,12 +31,12 @@ def line(record: dict[str, Any]) -> str:
 
 SAMPLE = [
     event("run_started", target=3),
-    event("question_proposed", item_id="Prefill_1", subset="Prefill", state="open"),
-    event("attempt_judged", item_id="Prefill_1", attempt=1, passed=False, reason="failed: test_a, test_b"),
+    event("question_proposed", agent="proposer", item_id="Prefill_1", subset="Prefill", state="open"),
+    event("attempt_judged", agent="judge", item_id="Prefill_1", attempt=1, passed=False, reason="failed: test_a, test_b"),
     event("llm_retry", level="warning", role="solver", item_id="Prefill_2", attempt=1, error="HTTP 429"),
-    event("item_settled", item_id="Prefill_12", attempt=2, state="verified", difficulty="easy"),
+    event("item_settled", agent="scheduler", item_id="Prefill_12", attempt=2, state="verified", difficulty="easy"),
     event("handler_error", level="error", agent="tester", item_id="Prefill_3", attempt=1, error="boom"),
-    event("rewrite_done", item_id="Prefill_1", style="complete", state="verified"),
+    event("rewrite_done", agent="rewriter", item_id="Prefill_1", style="complete", state="verified"),
     event("run_finished", status="completed"),
 ]
 

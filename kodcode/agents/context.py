@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from kodcode.config import Config
 from kodcode.prompts import PromptLibrary, RenderedPrompt
 from kodcode.llm.client import LLMRequest, LLMResponse, stable_seed
-from kodcode.store.records import Records
+from kodcode.store.port import Records
 from kodcode.sandbox.base import Sandbox
 
 __all__ = ["AgentContext", "LLMPort"]

@@ -12,7 +12,7 @@ from kodcode.messages import ProposeTask
 from kodcode.parsing import ParseFailure
 from kodcode.agents.sources import chatml_prefill, source_type
 
-__all__ = ["GateVerdict", "Proposer", "QuestionGate", "chatml_prefill"]
+__all__ = ["GateVerdict", "Proposal", "Proposer", "QuestionGate", "chatml_prefill"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,19 @@ class GateVerdict:
     state: str                           # open | duplicate | contaminated
     reason: str | None = None
     dedup_row: tuple[str, bytes | None] | None = None   # persisted so the index survives resume
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What became of a proposal slot, as recorded: the item's new state and its question (if any)."""
+
+    state: str                           # open | duplicate | contaminated | rejected
+    question: str | None
+
+    @property
+    def admitted(self) -> str | None:
+        """The question, when it goes on to the Solver."""
+        return self.question if self.state == "open" else None
 
 
 class QuestionGate(Protocol):
@@ -31,8 +44,8 @@ class Proposer:
         self.ctx = ctx
         self.gate = gate
 
-    async def handle(self, task: ProposeTask) -> str | None:
-        """Returns the admitted question, or None when the item was rejected (recorded with its reason)."""
+    async def handle(self, task: ProposeTask) -> Proposal:
+        """The item's question and the state recorded for it (a rejection is recorded with its reason)."""
         ctx = self.ctx
         lineage: dict[str, Any] = {"source": task.source, "subset": task.subset}
         try:
@@ -40,9 +53,9 @@ class Proposer:
         except ParseFailure as exc:
             await ctx.records.set_question(task.item_id, None, lineage, "rejected", str(exc))
             ctx.log.info("question_rejected", item_id=task.item_id, subset=task.subset, reason=str(exc))
-            return None
+            return Proposal("rejected", None)
         verdict = self.gate.admit(task.item_id, question) if self.gate else GateVerdict("open")
         await ctx.records.set_question(task.item_id, question, lineage, verdict.state, verdict.reason, verdict.dedup_row)
         ctx.log.info("question_proposed", item_id=task.item_id, subset=task.subset, state=verdict.state,
                      reason=verdict.reason, chars=len(question))
-        return question if verdict.state == "open" else None
+        return Proposal(verdict.state, question)

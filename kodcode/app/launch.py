@@ -1,11 +1,10 @@
-"""What `python -m kodcode.run` does once its flags are parsed: load the config, open the store, start the
-model endpoint, the sandbox and the pipeline, watch signals, and print the summary. Kept apart from the
-command line so that `--help` answers without importing any of it."""
+"""What `python -m kodcode.run` does once its flags are parsed: load the config, assemble the run
+(kodcode.app.build), drive the pipeline with a progress view, watch signals, and print the summary. Kept
+apart from the command line so that `--help` answers without importing any of it."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
@@ -18,25 +17,15 @@ import anyio
 import structlog
 from rich.console import Console
 
-from kodcode.agents.context import AgentContext
-from kodcode.config import ROLES, Config, load_config
-from kodcode.errors import ConfigError, KodcodeError
-from kodcode.app.progress import ProgressSnapshot, ProgressView
-from kodcode.prompts import PromptLibrary
-from kodcode.llm.pool import build_transport, endpoint_specs, preflight_pool
-from kodcode.runtime.gate import build_gate
-from kodcode.llm.client import LLMClient, LLMTransport, OpenAITransport
-from kodcode.log import EVENTS_FILE, close_logging, configure_logging, get_logger
-from kodcode.runtime.pipeline import Pipeline, RunSummary
-from kodcode.llm.prices import merged_prices
-from kodcode.store.records import Records
-from kodcode.runtime.scheduler import AdaptivePolicy, Budget, BudgetSpent
-from kodcode.store.sqlite import Store
-from kodcode.sandbox import open_sandbox
-from kodcode.sandbox.base import Limits
 from kodcode.agents.sources import SourceMix
+from kodcode.app.build import assemble
+from kodcode.app.progress import ProgressSnapshot, ProgressView
+from kodcode.config import Config, load_config
+from kodcode.errors import KodcodeError
+from kodcode.log import EVENTS_FILE, close_logging, configure_logging
+from kodcode.runtime.pipeline import Pipeline, RunSummary
 
-__all__ = ["launch", "role_models", "start_endpoint", "user_error"]
+__all__ = ["launch", "user_error"]
 
 
 def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -82,73 +71,35 @@ def user_error(exc: BaseException) -> KodcodeError | None:
     return None
 
 
-def _api_key(env_name: str | None) -> str | None:
-    return os.environ.get(env_name or "OPENAI_API_KEY") or None
-
-
 async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
-    log = get_logger()
-    prompts = PromptLibrary(config.prompts_dir)
-    prompt_hashes = prompts.hashes()           # a broken template fails here, before anything is paid for
-    sources = SourceMix(config)                # so does a bad seed file
+    sources = SourceMix(config)                # a bad seed file fails here, before anything is opened
     async with AsyncExitStack() as stack:
-        # A configured endpoint is checked first: a wrong URL or model must not create or touch the store.
-        # The embedded model starts after the store is open, so a store in use costs no model start.
-        endpoint = await start_endpoint(config, db_path.parent, stack) if config.effective_backend == "openai" else None
-        if endpoint is not None:
-            _prices(config, role_models(config, endpoint[1]))   # an unpriced --budget-usd must not create the store
-        store = await Store.open(db_path)
-        stack.push_async_callback(store.aclose)
-        records = Records(store)
-        spent = await records.spent()
-        base_url, default_model, default_transport = endpoint or await start_endpoint(config, db_path.parent, stack)
-        models = role_models(config, default_model)
-        prices = _prices(config, models)
-        budget = Budget(calls=config.budget_calls, tokens=config.budget_tokens, usd=config.budget_usd,
-                        prices=prices, spent=BudgetSpent(calls=int(spent["calls"]),
-                                                         prompt_tokens=int(spent["tokens"]), usd=spent["usd"]))
-        transports: dict[str, LLMTransport] = {"default": default_transport}
-        for role in ROLES:
-            settings = config.role(role)
-            if settings.base_url:
-                specs = endpoint_specs(settings.base_url, settings.api_key_env or config.api_key_env)
-                await preflight_pool(specs, models[role])
-                transports[role] = build_transport(specs, timeout_s=config.llm_timeout_s, ceiling=config.concurrency,
-                                                   logger=log)
-        llm = LLMClient(transports, records, concurrency=config.concurrency, max_retries=config.llm_max_retries,
-                        budget=budget, logger=log)
-        stack.push_async_callback(llm.aclose)
-        sandbox = await stack.enter_async_context(open_sandbox(
-            workers=config.sandbox.workers, isolation=config.sandbox.isolation,
-            limits=Limits(wall_s=config.sandbox.timeout_s)))
-        gate = await build_gate(records)
-        run_id = await records.start_run({**config.model_dump(mode="json"), "models": models, "prompts": prompt_hashes})
+        parts = await assemble(config, db_path, stack)
+        log, records, llm, sandbox = parts.log, parts.records, parts.llm, parts.sandbox
+        pipeline = await parts.pipeline(sources)
+        run_id = await records.start_run({**config.model_dump(mode="json"), "models": parts.models,
+                                          "prompts": parts.prompt_hashes})
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info("run_started", db=str(db_path), target=config.target, concurrency=config.concurrency,
-                 mode=config.effective_mode, models=models, base_url=base_url)
-        ctx = AgentContext(config, llm, records, sandbox, prompts, models, log)
-        policy = AdaptivePolicy(max_attempts=config.max_attempts, cap_confidence=True)
-        if policy.confidence < 0.95:
-            log.warning("label_confidence_capped", max_attempts=config.max_attempts,
-                        expected_label_agreement=round(policy.confidence, 3))
-        pipeline = Pipeline(ctx, policy=policy, sources=sources, gate=gate)
+                 mode=config.effective_mode, models=parts.models, base_url=parts.endpoint)
 
         started = time.monotonic()
         view = ProgressView(Console(), live=live)
+        workers = getattr(sandbox, "workers", 0)
 
         async def tick() -> None:
             stats = pipeline.statistics()
             llm_stats = llm.statistics()
             snapshot = ProgressSnapshot(
                 elapsed_s=time.monotonic() - started, target=config.target, verified=stats["verified"],
-                verified_at_start=pipeline.summary.verified_before, counts_by_state=await records.counts(),
+                verified_at_start=pipeline.summary.verified_before, counts_by_state=pipeline.counts(),
                 questions_settled=stats["settled_this_run"], attempts_judged=stats["attempts_judged"],
                 attempts_passed=stats["attempts_passed"], llm_in_flight=llm_stats["in_flight"],
                 llm_waiting=llm_stats["waiting"], llm_concurrency=config.concurrency, llm_calls=llm_stats["calls"],
                 llm_cache_hits=llm_stats["cache_hits"], llm_retries=llm_stats["retries"], tokens=llm_stats["tokens"],
-                cost_usd=llm.cost_usd, sandbox_busy=min(getattr(sandbox, "workers", 0), sum(stats["actors"][a]["busy"] for a in ("judge", "rewriter", "reasoner"))),
-                sandbox_workers=getattr(sandbox, "workers", 0), rewrites_done=stats["rewrites_done"],
-                stopping=stats["stopping"])
+                cost_usd=llm.cost_usd,
+                sandbox_busy=min(workers, sum(stats["actors"][a]["busy"] for a in ("judge", "rewriter", "reasoner"))),
+                sandbox_workers=workers, rewrites_done=stats["rewrites_done"], stopping=stats["stopping"])
             view.update(snapshot)
             log.debug("progress", verified=stats["verified"], target=config.target, open=stats["open_items"],
                       **{f"llm_{k}": v for k, v in llm_stats.items()})
@@ -170,49 +121,6 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
             log.info("run_finished", status=status, **summary.as_dict())
         structlog.contextvars.unbind_contextvars("run_id")
         return summary
-
-
-def role_models(config: Config, default_model: str) -> dict[str, str]:
-    return {role: config.role(role).model or default_model for role in ROLES}
-
-
-def _prices(config: Config, models: dict[str, str]) -> dict[str, tuple[float, float]]:
-    """Built-in prices for common hosted models, overridden by the config's [prices]; with --budget-usd every
-    model in use needs one."""
-    prices = merged_prices(config.prices, models.values())
-    if config.budget_usd is not None:
-        unpriced = sorted({m for m in models.values() if m not in prices})
-        if unpriced:
-            raise ConfigError(f"--budget-usd: no price for model(s) {', '.join(unpriced)}; add them to [prices] "
-                              "in the config (model = [usd_per_1M_in, usd_per_1M_out])")
-    return prices
-
-
-async def start_endpoint(config: Config, run_dir: Path, stack: AsyncExitStack) -> tuple[str, str, LLMTransport]:
-    """(where, default model, transport): the configured endpoint, checked; the embedded model; or vLLM in process."""
-    backend = config.effective_backend
-    if backend == "vllm":
-        from kodcode.llm.vllm_inprocess import engine_settings, vllm_transport   # vllm only when chosen
-
-        settings = await anyio.to_thread.run_sync(engine_settings, config)   # may convert the model (once)
-        transport = await stack.enter_async_context(vllm_transport(settings))
-        return transport.label, transport.model, transport
-    if backend == "embedded":
-        from kodcode.models.llama_server import embedded_server   # only the embedded path needs its packages
-
-        endpoint = await stack.enter_async_context(embedded_server(
-            config.embedded_variant, concurrency=config.concurrency, log_path=run_dir / "llama-server.log"))
-        return endpoint.base_url, endpoint.model, OpenAITransport(endpoint.base_url, None, timeout_s=config.llm_timeout_s)
-    # One URL, several comma-separated URLs, or [[endpoints]] with limits: several become a pool with
-    # least-outstanding routing, ejection, rate limits and per-endpoint adaptive concurrency.
-    specs = endpoint_specs(config.base_url, config.api_key_env, config.endpoints)
-    served = await preflight_pool(specs, config.model)
-    where = ",".join(spec.base_url for spec in specs)
-    model = config.model or (served[0] if served else None)
-    if model is None:
-        raise ConfigError(f"{where} lists no models; pass --model")
-    return where, model, build_transport(specs, timeout_s=config.llm_timeout_s, ceiling=config.concurrency,
-                                         logger=get_logger())
 
 
 async def _watch_signals(pipeline: Pipeline, run_scope: anyio.CancelScope, grace_s: float, log: Any) -> None:

@@ -24,6 +24,7 @@ import httpx
 import openai
 
 from kodcode.errors import BudgetExhausted, ConfigError, LLMError
+from kodcode.llm.budget import Budget
 
 __all__ = [
     "CallRecorder",
@@ -226,23 +227,13 @@ class OpenAITransport:
         ), _headers(raw.http_response)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        if not self._client.is_closed():   # idempotent: the run's exit stack and LLMClient.aclose may both close it
+            await self._client.close()
 
 
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class BudgetLike(Protocol):
-    def exhausted(self) -> str | None: ...
-
-    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None: ...
-
-    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float: ...
-
-    @property
-    def prices(self) -> Mapping[str, tuple[float, float]]: ...
 
 
 class LLMClient:
@@ -255,7 +246,7 @@ class LLMClient:
         *,
         concurrency: int,
         max_retries: int = 6,
-        budget: BudgetLike | None = None,
+        budget: Budget | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         logger: Any = None,
@@ -264,18 +255,34 @@ class LLMClient:
         self._recorder = recorder
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._max_retries = max_retries
-        self._budget = budget
+        # The budget owns spend (this run's and, seeded from the store, earlier runs'); the client keeps
+        # only what is not spend: cache hits and retries.
+        self._budget = budget if budget is not None else Budget()
+        self._spent_at_start = self._budget.spent
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._log = logger
         self._random = random.Random()
-        self.calls = 0
         self.cache_hits = 0
         self.retries = 0
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cost_usd = 0.0
         self.concurrency = concurrency
+
+    @property
+    def calls(self) -> int:
+        """Calls this client paid for (cache hits excluded)."""
+        return self._budget.spent.calls - self._spent_at_start.calls
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._budget.spent.prompt_tokens - self._spent_at_start.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._budget.spent.completion_tokens - self._spent_at_start.completion_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return self._budget.spent.usd - self._spent_at_start.usd
 
     def statistics(self) -> dict[str, int]:
         stats = self._limiter.statistics()
@@ -298,24 +305,17 @@ class LLMClient:
         if transport is None:
             raise ConfigError(f"no LLM endpoint configured for role {request.role!r}")
         async with self._limiter:
-            if self._budget is not None and (reason := self._budget.exhausted()):
+            if reason := self._budget.exhausted():
                 raise BudgetExhausted(reason)
             response = await self._send_with_retries(transport, request)
-            cost = 0.0
-            if self._budget is not None and request.model in self._budget.prices:
-                cost = self._budget.cost_usd(request.model, response.prompt_tokens, response.completion_tokens)
+            cost = self._budget.price(request.model, response.prompt_tokens, response.completion_tokens)
             response = dataclasses.replace(response, cost_usd=cost)
-            self.calls += 1
-            self.prompt_tokens += response.prompt_tokens
-            self.completion_tokens += response.completion_tokens
-            self.cost_usd += response.cost_usd
             # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
             # And recorded while holding the slot: a killed run has at most `concurrency` answers that were
             # paid for and not yet stored, however slow the disk is, not every answer awaiting its commit.
             if self._recorder is not None:
                 await self._recorder.record_call(request, response)
-        if self._budget is not None:
-            self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
+        self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
         return response
 
     async def _send_with_retries(self, transport: LLMTransport, request: LLMRequest) -> LLMResponse:

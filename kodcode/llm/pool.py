@@ -25,17 +25,19 @@ the pool decides *where* each request goes and *when* an endpoint may take one m
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
+import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from kodcode.config import EndpointSettings
 from kodcode.errors import ConfigError, LLMError
@@ -48,6 +50,7 @@ __all__ = [
     "EndpointTransport",
     "SlidingWindow",
     "build_transport",
+    "open_transport",
     "endpoint_specs",
     "estimate_tokens",
     "parse_duration",
@@ -135,6 +138,22 @@ def build_transport(specs: Sequence[EndpointSpec], *, timeout_s: float, logger: 
     if len(specs) == 1 and only.rpm is None and only.tpm is None and only.max_concurrency is None and only.kind == "auto":
         return OpenAITransport(only.base_url, _api_key(only), timeout_s=timeout_s)
     return EndpointPool(specs, timeout_s=timeout_s, logger=logger, **pool_options)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def open_transport(specs: Sequence[EndpointSpec], *, timeout_s: float, logger: object = None,
+                         **pool_options: object) -> AsyncIterator[LLMTransport]:
+    """build_transport() for the length of a block: a pool's background tasks (probes, /metrics watchers,
+    the rate-window timer) live in its task group and end with the block; the transport is closed."""
+    transport = build_transport(specs, timeout_s=timeout_s, logger=logger, **pool_options)
+    if isinstance(transport, EndpointPool):
+        async with transport:
+            yield transport
+    else:
+        try:
+            yield transport
+        finally:
+            await transport.aclose()
 
 
 async def preflight_pool(specs: Sequence[EndpointSpec], model: str | None) -> list[str]:
@@ -287,9 +306,26 @@ class _Endpoint:
 
 @dataclass
 class _Waiter:
-    future: asyncio.Future[tuple[_Endpoint, _Ticket]]
+    """A request waiting for an endpoint: handed one (`granted`) or an error, then woken."""
+
     tokens: int
     exclude: frozenset[int]
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    granted: tuple[_Endpoint, _Ticket] | None = None
+    error: BaseException | None = None
+    abandoned: bool = False      # its caller was cancelled while waiting
+
+    @property
+    def done(self) -> bool:
+        return self.woken.is_set() or self.abandoned
+
+    def grant(self, endpoint: _Endpoint, ticket: _Ticket) -> None:
+        self.granted = (endpoint, ticket)
+        self.woken.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.woken.set()
 
 
 @dataclass
@@ -337,9 +373,9 @@ class EndpointPool:
         self._probe_cap_s = probe_cap_s
         self._log = logger
         self._waiters: deque[_Waiter] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer_at = math.inf                  # when the next time-based unblock is due (pool clock)
+        self._timer_moved: anyio.Event | None = None   # set to wake the timer task when _timer_at moves
+        self._task_group: TaskGroup | None = None  # background work: probes, /metrics watchers, the timer
         self._probing: set[int] = set()
         self._http: httpx.AsyncClient | None = None
         self._started = False
@@ -372,19 +408,35 @@ class EndpointPool:
         raise TransientLLMError(f"{last_error} (tried {len(tried)} endpoint(s))", self._fleet_retry_after(last_error),
                                 kind=last_error.kind, headers=last_error.headers)
 
+    async def __aenter__(self) -> "EndpointPool":
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self._run_timer)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        await self.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is None:
+            return None
+        task_group.cancel_scope.cancel()
+        return await task_group.__aexit__(*exc_info)
+
     async def aclose(self) -> None:
+        """Refuse new requests, fail the waiting ones, stop background work, close the endpoints' clients.
+        Idempotent: LLMClient.aclose() and the pool's own block both call it."""
+        if self._closed:
+            return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
         self._fail_waiters("the endpoint pool is closed")
-        if self._http is not None:
-            await self._http.aclose()
-        for endpoint in self._endpoints:
-            await endpoint.transport.aclose()
+        with anyio.CancelScope(shield=True):
+            if self._http is not None:
+                await self._http.aclose()
+            for endpoint in self._endpoints:
+                await endpoint.transport.aclose()
 
     # ---- inspection ------------------------------------------------------------------------------
 
@@ -407,7 +459,7 @@ class EndpointPool:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for waiter in self._waiters if not waiter.future.done())
+        return sum(1 for waiter in self._waiters if not waiter.done)
 
     # ---- admission -------------------------------------------------------------------------------
 
@@ -422,15 +474,20 @@ class EndpointPool:
             endpoint = self._choose(tokens, exclude, now)
             if endpoint is not None:
                 return endpoint, self._reserve(endpoint, tokens, now)
-        future: asyncio.Future[tuple[_Endpoint, _Ticket]] = asyncio.get_running_loop().create_future()
-        self._waiters.append(_Waiter(future, tokens, exclude))
+        waiter = _Waiter(tokens, exclude)
+        self._waiters.append(waiter)
         self._dispatch()
         try:
-            return await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled() and future.exception() is None:
-                self._release(future.result()[0])  # handed a slot in the same tick the caller was cancelled
+            await waiter.woken.wait()
+        except BaseException:
+            waiter.abandoned = True
+            if waiter.granted is not None:
+                self._release(waiter.granted[0])  # handed a slot in the same tick the caller was cancelled
             raise
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.granted is not None
+        return waiter.granted
 
     def _reserve(self, endpoint: _Endpoint, tokens: int, now: float) -> _Ticket:
         endpoint.in_flight += 1
@@ -469,14 +526,14 @@ class EndpointPool:
         waiters = self._waiters
         while waiters:
             waiter = waiters[0]
-            if waiter.future.done():
+            if waiter.done:
                 waiters.popleft()
                 continue
             endpoint = self._choose(waiter.tokens, waiter.exclude, now)
             if endpoint is None:
                 break
             waiters.popleft()
-            waiter.future.set_result((endpoint, self._reserve(endpoint, waiter.tokens, now)))
+            waiter.grant(endpoint, self._reserve(endpoint, waiter.tokens, now))
         if waiters:
             self._arm_timer(now, waiters[0].tokens)
 
@@ -487,24 +544,32 @@ class EndpointPool:
                 continue  # a release or a recovery will dispatch
             ready = max(endpoint.paused_until, now + endpoint.rpm.wait_s(1, now), now + endpoint.tpm.wait_s(tokens, now))
             wake = min(wake, ready)
-        if wake is math.inf or (self._timer is not None and wake >= self._timer_at - 1e-3 and self._timer_at > now):
+        if wake is math.inf or (wake >= self._timer_at - 1e-3 and self._timer_at > now):
             return
-        if self._timer is not None:
-            self._timer.cancel()
-        loop = asyncio.get_running_loop()
         self._timer_at = wake
-        self._timer = loop.call_later(max(0.0, wake - now) + 1e-3, self._on_timer)
+        if self._timer_moved is not None:
+            self._timer_moved.set()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
-        self._dispatch()
+    async def _run_timer(self) -> None:
+        """One task instead of a timer per waiter: sleeps until the earliest time-based unblock (a pause
+        ending, a rate window refilling), re-arms when _arm_timer moves that time, then dispatches."""
+        while True:
+            moved = self._timer_moved = anyio.Event()
+            delay = self._timer_at - self._clock()
+            if delay == math.inf:
+                await moved.wait()
+                continue
+            with anyio.move_on_after(max(0.0, delay) + 1e-3):
+                await moved.wait()
+                continue
+            self._timer_at = math.inf
+            self._dispatch()
 
     def _fail_waiters(self, message: str) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_exception(TransientLLMError(message, self._probe_base_s, kind="connection"))
+            if not waiter.done:
+                waiter.fail(TransientLLMError(message, self._probe_base_s, kind="connection"))
 
     # ---- outcomes --------------------------------------------------------------------------------
 
@@ -607,14 +672,14 @@ class EndpointPool:
         if not any(e.healthy for e in self._endpoints):
             self._fail_waiters(f"every endpoint of the pool is down; last: {reason}")
         if id(endpoint) not in self._probing and not self._closed:
-            self._spawn(self._probe(endpoint))
+            self._spawn(self._probe, endpoint)
 
     async def _probe(self, endpoint: _Endpoint) -> None:
         self._probing.add(id(endpoint))
         try:
             delay = self._probe_base_s
             while not self._closed:
-                await asyncio.sleep(delay)
+                await anyio.sleep(delay)
                 if await self._alive(endpoint):
                     break
                 delay = min(self._probe_cap_s, delay * 2)
@@ -661,7 +726,7 @@ class EndpointPool:
                 endpoint.queue_waiting, endpoint.queue_running = gauges
                 self._react_to_queue(endpoint)
             self._react_to_latency(endpoint)
-            await asyncio.sleep(self._metrics_interval_s)
+            await anyio.sleep(self._metrics_interval_s)
 
     def _react_to_queue(self, endpoint: _Endpoint) -> None:
         waiting = endpoint.queue_waiting or 0.0
@@ -707,12 +772,13 @@ class EndpointPool:
         self._started = True
         for endpoint in self._endpoints:
             if endpoint.kind in ("vllm", "auto"):
-                self._spawn(self._watch_metrics(endpoint))
+                self._spawn(self._watch_metrics, endpoint)
 
-    def _spawn(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, work: Callable[..., Coroutine[Any, Any, None]], *args: object) -> None:
+        if self._task_group is None:
+            raise LLMError("an EndpointPool must be used inside `async with` (or open_transport()): "
+                           "its probes and watchers run in its task group")
+        self._task_group.start_soon(work, *args)
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:

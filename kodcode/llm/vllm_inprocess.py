@@ -14,7 +14,6 @@ vllm is imported only here, only when this backend is chosen.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -159,7 +158,7 @@ class VLLMTransport:
         try:
             async for output in self._engine.generate(prompt, params, request_id):
                 final = output
-        except (asyncio.CancelledError, GeneratorExit):
+        except (anyio.get_cancelled_exc_class(), GeneratorExit):
             # The run is stopping: free the engine's slot now instead of decoding for nobody.
             with anyio.CancelScope(shield=True):
                 await self._engine.abort(request_id)

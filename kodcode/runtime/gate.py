@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kodcode.agents.proposer import GateVerdict
 from kodcode.quality import Decontaminator, DedupIndex
-from kodcode.store.records import Records
+from kodcode.store.port import Records
 
 __all__ = ["QualityGate", "build_gate"]
 

@@ -1,6 +1,6 @@
 """The pipeline: five agents on actors, wired with backpressure, driven by the scheduler, resumable.
 
-    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► scheduler ─┬─► Rewriter
+    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► scheduler ─┬─► Rewriter ─► Reasoner
                                      ▲                                                   │
                                      └────────────── another attempt ◄───────────────────┘
 
@@ -8,12 +8,22 @@ Every message is preceded by a committed store write that records where its item
 each item re-enters at its last committed state. The attempt queue is unbounded on purpose: the Judge
 feeds it, and a bounded queue there would close a cycle through the Solver (deadlock); its size is
 bounded anyway by the number of open items, which the supply loop caps.
+
+Shutdown is by closing, in the order messages flow. A stop (target reached, questions exhausted, a
+budget, a signal) ends the supply and closes the attempt queue, which cuts the only cycle; from then on
+each actor is closed once every actor upstream of it has finished, so its backlog drains and nothing
+sent to it is refused. Attempts left in the queue stay 'queued' in the store for the next run.
+
+Facts kept once: the store owns question text and each attempt's durable stage (the pipeline reads a
+question back when it schedules a retry); the pipeline owns the run's item counts by state (seeded from
+the store on resume, updated after each committed transition); the LLM budget owns spend.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -26,12 +36,14 @@ from kodcode.agents.proposer import Proposer, QuestionGate
 from kodcode.agents.reasoner import Reasoner
 from kodcode.agents.rewriter import Rewriter
 from kodcode.agents.solver import Solver
+from kodcode.agents.sources import SourceMix
 from kodcode.agents.tester import Tester
 from kodcode.errors import BudgetExhausted
 from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, ReasonTask, RewriteTask
-from kodcode.runtime.actor import Actor, FifoMailbox, PriorityMailbox, StopHandling
+from kodcode.runtime.actor import Actor, StopHandling
+from kodcode.runtime.mailbox import FifoMailbox, PriorityMailbox
 from kodcode.runtime.scheduler import AttemptPolicy, paper_label
-from kodcode.agents.sources import SourceMix
+from kodcode.store.port import ITEM_STATES, TERMINAL_STATES
 
 __all__ = ["Pipeline", "RunSummary"]
 
@@ -86,19 +98,15 @@ class Pipeline:
                                                         FifoMailbox(concurrency), retries)
         self.reasoner: Actor[ReasonTask] = self._actor("reasoner", self._reason, concurrency,
                                                        FifoMailbox(concurrency), retries)
+        # In the order messages flow: closing them in this order drains each before the next (see above).
         self.actors = (self.proposer, self.solver, self.tester, self.judge, self.rewriter, self.reasoner)
-        self._questions: dict[str, str] = {}       # open items: id -> question
-        self._in_flight = 0                        # messages sent and not yet handled
-        self._open_items = 0                       # items proposing or open
-        self._verified = 0
-        self._settled = 0
-        self._verified_settled = 0
+        self._counts: Counter[str] = Counter()     # items by state; seeded from the store in _resume
         self._settled_at_start = 0
         self.attempts_judged = 0
         self.attempts_passed = 0
         self.rewrites_done = 0
         self._stop_reason: str | None = None
-        self._drained = anyio.Event()
+        self._stop_requested = anyio.Event()
         self._supply_wakeup = anyio.Event()
         self.summary = RunSummary()
         self._started = time.monotonic()
@@ -106,25 +114,40 @@ class Pipeline:
     def _actor(self, name: str, handler: Callable[[M], Awaitable[None]], workers: int, mailbox: Any,
                retries: int) -> Actor[M]:
         return Actor(name, handler, workers=workers, mailbox=mailbox, retries=retries,
-                     on_failure=self._on_failure, describe=_describe, logger=self.log, on_idle=self._handled)
+                     on_failure=self._on_failure, describe=_describe, logger=self.log)
 
-    # -- message accounting --------------------------------------------------------------------------
+    # -- counts --------------------------------------------------------------------------------------
+
+    def _move(self, from_state: str | None, to_state: str) -> None:
+        """An item's committed state changed: keep the run's counts (the progress view's and the supply's)."""
+        if from_state is not None:
+            self._counts[from_state] -= 1
+        self._counts[to_state] += 1
+        if to_state in TERMINAL_STATES:
+            self._supply_wakeup.set()
+
+    def counts(self) -> dict[str, int]:
+        return {state: self._counts[state] for state in ITEM_STATES}
+
+    @property
+    def verified(self) -> int:
+        return self._counts["verified"]
+
+    @property
+    def _settled(self) -> int:
+        return sum(self._counts[state] for state in TERMINAL_STATES)
+
+    @property
+    def _open_items(self) -> int:
+        return self._counts["proposing"] + self._counts["open"]
+
+    # -- sending -------------------------------------------------------------------------------------
 
     async def _send(self, actor: Actor[M], message: M, priority: float = 0.0) -> None:
-        self._in_flight += 1
         try:
             await actor.send(message, priority)
         except anyio.ClosedResourceError:
-            self._in_flight -= 1   # intake is closed: the store already holds the item's state for next run
-            self._check_drained()
-
-    def _handled(self) -> None:
-        self._in_flight -= 1
-        self._check_drained()
-
-    def _check_drained(self) -> None:
-        if self._stop_reason is not None and self._in_flight <= 0:
-            self._drained.set()
+            pass   # that actor is closed (a stop): the store holds the item's state for the next run
 
     @property
     def stopping(self) -> bool:
@@ -135,24 +158,22 @@ class Pipeline:
         if self._stop_reason is not None:
             return
         self._stop_reason = reason
-        self.log.info("stopping", reason=reason, in_flight=self._in_flight)
+        self.log.info("stopping", reason=reason)
         queued = self.solver.mailbox
         assert isinstance(queued, PriorityMailbox)
         queued.close()
-        dropped = queued.drain()               # queued attempts stay 'queued' in the store
-        self._in_flight -= len(dropped)
+        queued.drain()               # queued attempts stay 'queued' in the store
         self._supply_wakeup.set()
-        self._check_drained()
+        self._stop_requested.set()
 
     # -- handlers ----------------------------------------------------------------------------------------
 
     async def _propose(self, task: ProposeTask) -> None:
-        question = await self._guard(self._proposer.handle(task))
-        if question is None:
-            self._item_closed(verified=False, counted=True)
-            return
-        self._questions[task.item_id] = question
-        await self._schedule(task.item_id, 1, priority=self.policy.decide(()).priority, decided=False)
+        proposal = await self._guard(self._proposer.handle(task))
+        self._move("proposing", proposal.state)
+        if proposal.admitted is not None:
+            await self._schedule(task.item_id, 1, priority=self.policy.decide(()).priority, decided=False,
+                                 question=proposal.admitted)
 
     async def _solve(self, task: AttemptTask) -> None:
         outcome = await self._guard(self._solver.handle(task))
@@ -188,7 +209,7 @@ class Pipeline:
     async def _route(self, outcome: AttemptTask | AttemptResult) -> None:
         if isinstance(outcome, AttemptResult):
             await self.on_result(outcome)
-        elif outcome.tests is None:
+        elif outcome.stage == "test":
             await self._send(self.tester, outcome)
         else:
             await self._send(self.judge, outcome)
@@ -198,7 +219,7 @@ class Pipeline:
         records = self.ctx.records
         if isinstance(message, ProposeTask):
             await records.set_question(message.item_id, None, {}, "failed", reason)
-            self._item_closed(verified=False, counted=True)
+            self._move("proposing", "failed")
         elif isinstance(message, AttemptTask):
             await records.fail_attempt(message.item_id, message.attempt, reason)
             await self.on_result(AttemptResult(message.item_id, message.attempt, False, reason))
@@ -210,12 +231,15 @@ class Pipeline:
 
     # -- scheduling ----------------------------------------------------------------------------------------
 
-    async def _schedule(self, item_id: str, attempt: int, *, priority: float, decided: bool) -> None:
+    async def _schedule(self, item_id: str, attempt: int, *, priority: float, decided: bool,
+                        question: str | None = None) -> None:
         if not decided:
             await self.ctx.records.open_attempt(item_id, attempt, self.config.effective_mode)
         if self.stopping:
             return   # the attempt stays 'queued' in the store; the next run starts it
-        await self._send(self.solver, AttemptTask(item_id, attempt, self._questions[item_id]), priority)
+        if question is None:
+            question = await self.ctx.records.question(item_id) or ""
+        await self._send(self.solver, AttemptTask(item_id, attempt, question), priority)
 
     async def on_result(self, result: AttemptResult) -> None:
         """The scheduler's turn after every attempt: another attempt, or settle the item."""
@@ -225,7 +249,7 @@ class Pipeline:
         history = await records.pass_history(result.item_id)
         decision = self.policy.decide(history)
         attempts = len(history)
-        log = self.log.bind(item_id=result.item_id, attempt=attempts)
+        log = self.log.bind(agent="scheduler", item_id=result.item_id, attempt=attempts)
         if decision.action == "retry" and attempts < self.config.max_attempts:
             await records.decide(result.item_id, attempts, "retry", decision.reason, label=decision.label,
                                  priority=decision.priority, confidence=decision.confidence,
@@ -244,43 +268,35 @@ class Pipeline:
             pass_sequence=history)
         log.info("item_settled", state="verified" if verified else "failed", difficulty=label,
                  pass_sequence="".join("1" if p else "0" for p in history), reason=decision.reason)
-        question = self._questions.pop(result.item_id, "")
-        self._item_closed(verified=verified, counted=True)
+        self._move("open", "verified" if verified else "failed")
         if verified:
             assert best is not None
+            question = await records.question(result.item_id) or ""
             self.sources.note_verified(result.item_id, question)
             for style in self.config.styles:
                 await self._send(self.rewriter, RewriteTask(result.item_id, style, question, best["solution"],
                                                             best["tests"], best["entry_point"]))
             await self._sample_responses(result.item_id, "instruct", question, best["solution"], best["tests"],
                                          best["entry_point"])
-            if self._verified >= self.config.target:
-                self.request_stop(f"target reached: {self._verified} verified")
-
-    def _item_closed(self, *, verified: bool, counted: bool) -> None:
-        self._open_items -= 1
-        if counted:
-            self._settled += 1
-            self._verified += int(verified)
-            self._verified_settled += int(verified)
-        self._supply_wakeup.set()
+            if self.verified >= self.config.target:
+                self.request_stop(f"target reached: {self.verified} verified")
 
     # -- supply --------------------------------------------------------------------------------------------
 
     def _allowed_open(self) -> int:
         """Only as many open questions as the target still needs, at the yield seen so far."""
-        needed = self.config.target - self._verified
+        needed = self.config.target - self.verified
         if needed <= 0:
             return 0
-        yield_rate = (self._verified_settled + 1) / (self._settled + 2)   # Laplace: no data → 50%
+        yield_rate = (self.verified + 1) / (self._settled + 2)   # Laplace: no data → 50%
         return min(self.max_open, max(1, math.ceil(needed / max(yield_rate, 0.05))))
 
     async def _supply(self) -> None:
         seq = await self.ctx.records.next_seq()
         while not self.stopping:
             if self._open_items >= self._allowed_open():
-                if self._verified >= self.config.target:
-                    self.request_stop(f"target reached: {self._verified} verified")
+                if self.verified >= self.config.target:
+                    self.request_stop(f"target reached: {self.verified} verified")
                     return
                 self._supply_wakeup = anyio.Event()
                 await self._supply_wakeup.wait()
@@ -291,10 +307,10 @@ class Pipeline:
                     self._supply_wakeup = anyio.Event()
                     await self._supply_wakeup.wait()
                     continue
-                self.request_stop(f"questions exhausted: all {seq} given questions settled, {self._verified} verified")
+                self.request_stop(f"questions exhausted: all {seq} given questions settled, {self.verified} verified")
                 return
             await self.ctx.records.add_proposal(task)
-            self._open_items += 1
+            self._move(None, "proposing")
             seq += 1
             await self._send(self.proposer, task)
 
@@ -303,10 +319,9 @@ class Pipeline:
     async def _resume(self) -> None:
         records = self.ctx.records
         await self.sources.load_verified(records)
-        self._verified = await records.verified_count()
-        self._verified_settled, self._settled = await records.yield_so_far()
+        self._counts = Counter(await records.counts())
         self._settled_at_start = self._settled
-        self.summary.verified_before = self._verified
+        self.summary.verified_before = self.verified
         state = await records.resume_state(tuple(self.config.styles))
         mode = self.config.effective_mode
         for row in state.unrewritten:
@@ -316,18 +331,16 @@ class Pipeline:
             await self._send(self.reasoner, ReasonTask(row["item_id"], row["style"], row["sample"], row["question"],
                                                        row["solution"], row["tests"], row["entry_point"]))
         for task in state.proposing:
-            self._open_items += 1
             await self._send(self.proposer, self.sources.restore(task))
         for item in state.open_items:
-            self._open_items += 1
-            self._questions[item.item_id] = item.question
             last = item.attempts[-1] if item.attempts else None
             if last is None:
-                await self._schedule(item.item_id, 1, priority=self.policy.decide(()).priority, decided=False)
+                await self._schedule(item.item_id, 1, priority=self.policy.decide(()).priority, decided=False,
+                                     question=item.question)
             elif last["state"] == "queued":
                 history = [bool(a["passed"]) for a in item.attempts if a["state"] == "judged"]
                 await self._schedule(item.item_id, last["attempt"], priority=self.policy.decide(history).priority,
-                                     decided=True)
+                                     decided=True, question=item.question)
             elif last["state"] == "solved" and mode == "split":
                 await self._send(self.tester, AttemptTask(item.item_id, last["attempt"], item.question,
                                                           last["solution"], last["entry_point"]))
@@ -338,7 +351,7 @@ class Pipeline:
                 await self.on_result(AttemptResult(item.item_id, last["attempt"], bool(last["passed"]), last["reason"]))
         if state.proposing or state.open_items or state.unrewritten:
             self.log.info("resumed", proposing=len(state.proposing), open=len(state.open_items),
-                          rewrites=len(state.unrewritten), verified=self._verified)
+                          rewrites=len(state.unrewritten), verified=self.verified)
 
     # -- run --------------------------------------------------------------------------------------------
 
@@ -348,23 +361,30 @@ class Pipeline:
         self._started = time.monotonic()
         async with anyio.create_task_group() as actors:
             for actor in self.actors:
-                actors.start_soon(actor.run)
-            await self._resume()
-            if self._verified >= self.config.target:
-                self.request_stop(f"target reached: {self._verified} verified")
-            async with anyio.create_task_group() as control:
-                control.start_soon(self._supply)
+                actors.start_soon(actor.run)      # each returns once it is closed and has drained
+            async with anyio.create_task_group() as ticks:
                 if on_tick is not None:
-                    control.start_soon(_every, tick_s, on_tick)
-                self._check_drained()
-                await self._drained.wait()
-                control.cancel_scope.cancel()
-            actors.cancel_scope.cancel()
+                    ticks.start_soon(_every, tick_s, on_tick)
+                await self._resume()
+                if self.verified >= self.config.target:
+                    self.request_stop(f"target reached: {self.verified} verified")
+                async with anyio.create_task_group() as supply:
+                    supply.start_soon(self._supply)
+                    await self._stop_requested.wait()
+                    supply.cancel_scope.cancel()
+                await self._drain()
+                ticks.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Close the actors in the order messages flow, each once everything upstream has finished."""
+        for actor in self.actors:
+            actor.close()
+            await actor.finished.wait()
 
     async def collect_summary(self) -> RunSummary:
         self.summary.stop_reason = self._stop_reason or "interrupted"
-        self.summary.verified = await self.ctx.records.verified_count()
-        self.summary.counts = await self.ctx.records.counts()
+        self.summary.verified = self.verified
+        self.summary.counts = self.counts()
         self.summary.elapsed_s = time.monotonic() - self._started
         return self.summary
 
@@ -376,8 +396,7 @@ class Pipeline:
             "attempts_passed": self.attempts_passed,
             "rewrites_done": self.rewrites_done,
             "open_items": self._open_items,
-            "in_flight": self._in_flight,
-            "verified": self._verified,
+            "verified": self.verified,
             "actors": {a.name: a.statistics().__dict__.copy() for a in self.actors},
         }
 

@@ -17,19 +17,14 @@ lam calibrated so that the expected agreement under the prior reaches `confidenc
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, NamedTuple, Protocol, TypeVar, get_args
+from typing import Literal, NamedTuple, Protocol, get_args
 
-import anyio
-import anyio.lowlevel
 
-from kodcode.errors import BudgetExhausted, ConfigError
+from kodcode.errors import ConfigError
 
 __all__ = [
     "DEFAULT_PRIOR",
@@ -38,15 +33,11 @@ __all__ = [
     "PAPER_TRIALS",
     "AdaptivePolicy",
     "AttemptPolicy",
-    "AttemptQueue",
-    "Budget",
-    "BudgetSpent",
     "Decision",
     "FirstPassPolicy",
     "FixedPolicy",
     "Label",
     "PassPrior",
-    "QueueStatistics",
     "fit_pass_prior",
     "label_distribution",
     "label_for_count",
@@ -484,202 +475,3 @@ class AdaptivePolicy:
                    f"({history}); another attempt is worth less than it costs")
         return Decision(action="stop", priority=0.0, reason=why, label=step.label,
                         confidence=step.correct, **numbers)
-
-
-# ---------------------------------------------------------------------------------------------
-# The queue of attempts
-
-T = TypeVar("T")
-
-
-class QueueStatistics(NamedTuple):
-    queued: int
-    waiting_getters: int
-    total_put: int
-    total_got: int
-    closed: bool
-
-
-class AttemptQueue(Generic[T]):
-    """Priority queue for the solver slots: highest priority first, FIFO among equal priorities.
-
-    Unbounded (the scheduler admits questions at its own pace). close() ends it: put raises
-    anyio.ClosedResourceError, get drains what is left, then raises anyio.EndOfStream, and
-    `async for` stops. Built on anyio.Event, so it runs on asyncio and trio.
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, T]] = []
-        self._seq = itertools.count()
-        self._getters: deque[anyio.Event] = deque()
-        self._closed = False
-        self._total_put = 0
-        self._total_got = 0
-
-    def put_nowait(self, priority: float, item: T) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if math.isnan(priority):
-            raise ValueError("priority must be a number, got NaN")
-        heapq.heappush(self._heap, (-priority, next(self._seq), item))
-        self._total_put += 1
-        self._wake_one()
-
-    async def put(self, priority: float, item: T) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        self.put_nowait(priority, item)
-        await anyio.lowlevel.cancel_shielded_checkpoint()
-
-    def get_nowait(self) -> T:
-        """Raises anyio.WouldBlock when empty, anyio.EndOfStream when closed and drained."""
-        if self._heap:
-            self._total_got += 1
-            return heapq.heappop(self._heap)[2]
-        if self._closed:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def get(self) -> T:
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        while True:
-            try:
-                item = self.get_nowait()
-            except anyio.WouldBlock:
-                pass
-            else:
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                return item
-            event = anyio.Event()
-            self._getters.append(event)
-            try:
-                await event.wait()
-            except BaseException:
-                if event in self._getters:
-                    self._getters.remove(event)
-                else:
-                    self._wake_one()  # this getter was woken for an item; pass the wake-up on
-                raise
-
-    def close(self) -> None:
-        self._closed = True
-        while self._getters:
-            self._getters.popleft().set()
-
-    def qsize(self) -> int:
-        return len(self._heap)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def statistics(self) -> QueueStatistics:
-        return QueueStatistics(len(self._heap), len(self._getters), self._total_put,
-                               self._total_got, self._closed)
-
-    def _wake_one(self) -> None:
-        if self._getters:
-            self._getters.popleft().set()
-
-    def __aiter__(self) -> AttemptQueue[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self.get()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Budgets
-
-
-@dataclass(frozen=True)
-class BudgetSpent:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    usd: float = 0.0
-    verified: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-class Budget:
-    """Run limits: a target of verified triplets and caps on LLM calls, tokens and dollars.
-
-    prices maps a model name to (USD per 1M input tokens, USD per 1M output tokens). A dollar cap
-    needs a price for every model charged. Limits are checked by the caller between calls
-    (exhausted() / check()); calls already in flight when a limit trips still get charged, so a cap
-    can be overshot by at most the calls in flight.
-    """
-
-    def __init__(
-        self,
-        calls: int | None = None,
-        tokens: int | None = None,
-        usd: float | None = None,
-        prices: Mapping[str, tuple[float, float]] | None = None,
-        *,
-        target_verified: int | None = None,
-        spent: "BudgetSpent | None" = None,
-    ) -> None:
-        for name, limit in (("calls", calls), ("tokens", tokens), ("usd", usd),
-                            ("target_verified", target_verified)):
-            if limit is not None and limit < 0:
-                raise ConfigError(f"budget {name} must be >= 0, got {limit}")
-        self.calls, self.tokens, self.usd, self.target_verified = calls, tokens, usd, target_verified
-        self.prices: dict[str, tuple[float, float]] = {}
-        for model, price in (prices or {}).items():
-            if len(price) != 2 or min(price) < 0:
-                raise ConfigError(f"price for {model} must be (usd_per_1M_input, usd_per_1M_output) >= 0")
-            self.prices[model] = (float(price[0]), float(price[1]))
-        # What earlier runs on the same store already spent counts against the same limits.
-        self._spent = spent or BudgetSpent()
-
-    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        try:
-            per_in, per_out = self.prices[model]
-        except KeyError:
-            raise ConfigError(f"no price for model {model!r}; add it to the budget prices") from None
-        return (prompt_tokens * per_in + completion_tokens * per_out) / 1_000_000
-
-    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Record one finished LLM call."""
-        if prompt_tokens < 0 or completion_tokens < 0:
-            raise ValueError(f"token counts must be >= 0, got {prompt_tokens}, {completion_tokens}")
-        if model in self.prices or self.usd is not None:
-            cost = self.cost_usd(model, prompt_tokens, completion_tokens)
-        else:
-            cost = 0.0
-        s = self._spent
-        self._spent = BudgetSpent(s.calls + 1, s.prompt_tokens + prompt_tokens,
-                                  s.completion_tokens + completion_tokens, s.usd + cost, s.verified)
-
-    def record_verified(self, count: int = 1) -> None:
-        s = self._spent
-        self._spent = BudgetSpent(s.calls, s.prompt_tokens, s.completion_tokens, s.usd, s.verified + count)
-
-    @property
-    def spent(self) -> BudgetSpent:
-        return self._spent
-
-    def exhausted(self) -> str | None:
-        """Which limit is reached, as a one-line message, or None while the run may go on."""
-        s = self._spent
-        if self.target_verified is not None and s.verified >= self.target_verified:
-            return f"target-verified reached: {s.verified} of {self.target_verified}"
-        if self.calls is not None and s.calls >= self.calls:
-            return f"budget-calls reached: {s.calls} of {self.calls}"
-        if self.tokens is not None and s.tokens >= self.tokens:
-            return f"budget-tokens reached: {s.tokens} of {self.tokens}"
-        if self.usd is not None and s.usd >= self.usd:
-            return f"budget-usd reached: ${s.usd:.4f} of ${self.usd:.2f}"
-        return None
-
-    def check(self) -> None:
-        """Raise BudgetExhausted with the message of the first limit reached."""
-        if (message := self.exhausted()) is not None:
-            raise BudgetExhausted(message)

@@ -1,42 +1,21 @@
-"""Domain operations on the store: what agents and the runtime record, in the words of the pipeline.
-
-Agents get a `Records` handle and never write SQL; each method is one grouped, committed write.
-"""
+"""The records port (kodcode.store.port.Records) on SQLite: each method is one grouped, committed write
+or one read."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from kodcode.messages import ProposeTask, ReasonTask
 from kodcode.llm.client import LLMRequest, LLMResponse
+from kodcode.store.port import ITEM_STATES, TERMINAL_STATES, OpenItem, ResumeState
 from kodcode.store.sqlite import Op, Store, dumps, now
 from kodcode.sandbox.base import Verdict
 
-__all__ = ["ITEM_STATES", "Records", "ResumeState", "OpenItem"]
+__all__ = ["SqliteRecords"]
 
-# proposing → open → verified | failed; or → duplicate | contaminated | rejected (never solved)
-ITEM_STATES = ("proposing", "open", "verified", "failed", "duplicate", "contaminated", "rejected")
-TERMINAL_STATES = ("verified", "failed", "duplicate", "contaminated", "rejected")
-
-
-@dataclass(frozen=True)
-class OpenItem:
-    item_id: str
-    question: str
-    attempts: tuple[dict[str, Any], ...]   # attempt rows in order
-
-
-@dataclass(frozen=True)
-class ResumeState:
-    proposing: tuple[ProposeTask, ...]
-    open_items: tuple[OpenItem, ...]
-    unrewritten: tuple[dict[str, Any], ...]  # verified items still owed a rewrite (item row + style)
-
-
-class Records:
+class SqliteRecords:
     def __init__(self, store: Store, run_id: str | None = None) -> None:
         self.store = store
         self.run_id = run_id
@@ -82,13 +61,18 @@ class Records:
                         (item_id, dedup[0], dedup[1])))
         await self.store.write(ops)
 
+    async def question(self, item_id: str) -> str | None:
+        return await self.store.scalar("SELECT question FROM items WHERE item_id=?", (item_id,))
+
+    async def verified_questions(self) -> list[tuple[str, str]]:
+        """(item_id, question) of every verified item, in proposal order: the parents evolution draws from."""
+        rows = await self.store.rows(
+            "SELECT item_id, question FROM items WHERE state='verified' AND question IS NOT NULL ORDER BY seq")
+        return [(row[0], row[1]) for row in rows]
+
     async def dedup_rows(self) -> list[tuple[str, str, bytes | None]]:
         rows = await self.store.rows("SELECT item_id, exact_hash, minhash FROM dedup_index ORDER BY rowid")
         return [(row[0], row[1], row[2]) for row in rows]
-
-    async def fail_item(self, item_id: str, reason: str) -> None:
-        await self.store.write([(
-            "UPDATE items SET state='failed', reason=?, updated_at=? WHERE item_id=?", (reason, now(), item_id))])
 
     # -- attempts --------------------------------------------------------------------------------------
 
@@ -143,9 +127,6 @@ class Records:
         rows = await self.store.rows(
             "SELECT passed FROM attempts WHERE item_id=? AND state='judged' ORDER BY attempt", (item_id,))
         return [bool(row[0]) for row in rows]
-
-    async def attempts_count(self, item_id: str) -> int:
-        return int(await self.store.scalar("SELECT COUNT(*) FROM attempts WHERE item_id=?", (item_id,)))
 
     async def best_attempt(self, item_id: str) -> dict[str, Any] | None:
         """The paper's chosen trial: the passing attempt with the highest coverage (earliest on ties)."""
@@ -291,6 +272,6 @@ class Records:
     async def yield_so_far(self) -> tuple[int, int]:
         """(verified, settled) over items that reached a final verdict; the Proposer sizes its supply by it."""
         row = (await self.store.rows(
-            "SELECT SUM(state='verified'), SUM(state IN ('verified','failed','duplicate','contaminated','rejected'))"
-            " FROM items"))[0]
+            "SELECT SUM(state='verified'), SUM(state IN (" + ",".join("?" * len(TERMINAL_STATES)) + "))"
+            " FROM items", TERMINAL_STATES))[0]
         return int(row[0] or 0), int(row[1] or 0)

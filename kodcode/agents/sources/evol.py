@@ -17,7 +17,7 @@ from kodcode.agents.sources.base import ask
 
 if TYPE_CHECKING:
     from kodcode.agents.context import AgentContext
-    from kodcode.store.records import Records
+    from kodcode.store.port import Records
 
 __all__ = ["EVOLVE_METHODS", "EvolSource", "VerifiedPool", "VerifiedProvider"]
 
@@ -47,10 +47,8 @@ class VerifiedPool:
             self._rows.append((item_id, question))
 
     async def load(self, records: Records) -> None:
-        rows = await records.store.rows(
-            "SELECT item_id, question FROM items WHERE state='verified' AND question IS NOT NULL ORDER BY seq")
-        for row in rows:
-            self.add(row[0], row[1])
+        for item_id, question in await records.verified_questions():
+            self.add(item_id, question)
 
     def __call__(self) -> Sequence[tuple[str, str]]:
         return self._rows

@@ -20,7 +20,7 @@ from kodcode.agents.sources.seeds import SeedSource, load_seeds
 from kodcode.agents.sources.snippets import SnippetIndex, SnippetSource, default_snippets_dir
 
 if TYPE_CHECKING:
-    from kodcode.store.records import Records
+    from kodcode.store.port import Records
 
 __all__ = ["SOURCE_TYPES", "SourceMix", "source_type"]
 
