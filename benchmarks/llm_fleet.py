@@ -30,15 +30,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kodcode.errors import LLMError  # noqa: E402
+from kodcode.llm.fake import ScriptedTransport  # noqa: E402
 from kodcode.llm.pool import EndpointPool, EndpointSpec  # noqa: E402
-from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse  # noqa: E402
+from kodcode.llm.client import LLMClient, LLMRequest  # noqa: E402
 
 MIXED_FLEET = [("reject", 16), ("queue", 16), ("queue", 32)]
 
@@ -254,25 +254,11 @@ async def fleet_sweep(fleet: Fleet, service_s: float, levels: list[int], warmup_
     return rows
 
 
-class SleepTransport:
-    """In-process endpoint: the service time and nothing else, so only the orchestrator costs CPU."""
-
-    def __init__(self, service_s: float) -> None:
-        self.service_s = service_s
-
-    async def send_with_headers(self, request: LLMRequest) -> tuple[LLMResponse, Mapping[str, str]]:
-        await asyncio.sleep(self.service_s)
-        return LLMResponse(texts=("ok",), finish_reasons=("stop",), prompt_tokens=50, completion_tokens=100,
-                           latency_s=self.service_s, request_hash=request.key), {}
-
-    async def aclose(self) -> None:
-        pass
-
-
 async def thousand_in_flight(url: str | None, service_s: float, warmup_s: float, measure_s: float) -> dict[str, Any]:
     if url is None:
         specs = [EndpointSpec(f"http://sim-{i}/v1", kind="openai", tpm=10**9, rpm=10**7) for i in range(4)]
-        pool = EndpointPool(specs, initial_concurrency=250, transport_factory=lambda spec, key: SleepTransport(service_s))
+        pool = EndpointPool(specs, initial_concurrency=250, transport_factory=lambda spec, key: ScriptedTransport(
+            lambda request: "ok", delay_s=service_s, usage=(50, 100)))
     else:
         pool = EndpointPool([EndpointSpec(url, kind="auto")], initial_concurrency=1000, timeout_s=60)
     async with pool:

@@ -17,6 +17,7 @@ from kodcode.llm.pool import (EndpointPool, EndpointSpec, SlidingWindow, build_t
 from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport
 from kodcode.llm.prices import DEFAULT_PRICES, merged_prices, price_for
 from kodcode.llm.budget import Budget
+from kodcode.llm.fake import ScriptedTransport
 from kodcode.errors import ConfigError
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
@@ -187,31 +188,18 @@ def test_sliding_window_holds_tokens_per_minute_within_five_percent() -> None:
     assert total >= tpm * 10 * 0.9                      # and it does use the limit it has
 
 
-class FakeTransport:
+def fake_transport(headers: Mapping[str, str] | None = None, usage: tuple[int, int] = (100, 400)) -> ScriptedTransport:
     """In-process endpoint: answers at once with fixed usage and the given headers."""
-
-    def __init__(self, headers: Mapping[str, str] | None = None, usage: tuple[int, int] = (100, 400)) -> None:
-        self.headers = dict(headers or {})
-        self.usage = usage
-        self.calls = 0
-
-    async def send_with_headers(self, request: LLMRequest) -> tuple[LLMResponse, Mapping[str, str]]:
-        self.calls += 1
-        response = LLMResponse(texts=("ok",), finish_reasons=("stop",), prompt_tokens=self.usage[0],
-                               completion_tokens=self.usage[1], latency_s=0.0, request_hash=request.key)
-        return response, self.headers
-
-    async def aclose(self) -> None:
-        pass
+    return ScriptedTransport(lambda request: "ok", usage=usage, headers=dict(headers or {}))
 
 
-def fake_pool(fakes: dict[str, FakeTransport], specs: list[EndpointSpec], now: list[float]) -> EndpointPool:
+def fake_pool(fakes: dict[str, ScriptedTransport], specs: list[EndpointSpec], now: list[float]) -> EndpointPool:
     return EndpointPool(specs, clock=lambda: now[0], transport_factory=lambda spec, key: fakes[spec.base_url])
 
 
 async def test_a_full_token_window_sends_requests_to_the_other_endpoint() -> None:
     now = [100.0]                                      # frozen: the window never refills during the test
-    fakes = {"http://a/v1": FakeTransport(), "http://b/v1": FakeTransport()}
+    fakes = {"http://a/v1": fake_transport(), "http://b/v1": fake_transport()}
     async with fake_pool(fakes, [EndpointSpec("http://a/v1", tpm=2000, kind="openai"),
                                  EndpointSpec("http://b/v1", kind="openai")], now) as pool:
         for i in range(20):
@@ -227,7 +215,7 @@ async def test_rate_limit_headers_are_learned() -> None:
     headers = {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0",
                "x-ratelimit-reset-requests": "30s", "x-ratelimit-limit-tokens": "150000",
                "x-ratelimit-remaining-tokens": "149000", "x-ratelimit-reset-tokens": "400ms"}
-    fakes = {"http://a/v1": FakeTransport(headers), "http://b/v1": FakeTransport()}
+    fakes = {"http://a/v1": fake_transport(headers), "http://b/v1": fake_transport()}
     async with fake_pool(fakes, [EndpointSpec("http://a/v1", kind="openai"), EndpointSpec("http://b/v1", kind="openai")], now) as pool:
         await pool.send(chat("first"))                     # both idle: the first endpoint wins the tie
         learned = pool.status("http://a/v1")
@@ -243,7 +231,7 @@ async def test_rate_limit_headers_are_learned() -> None:
 
 async def test_configured_limit_wins_over_a_larger_learned_one() -> None:
     now = [0.0]
-    fakes = {"http://a/v1": FakeTransport({"x-ratelimit-limit-requests": "10000"})}
+    fakes = {"http://a/v1": fake_transport({"x-ratelimit-limit-requests": "10000"})}
     async with fake_pool(fakes, [EndpointSpec("http://a/v1", rpm=100, kind="openai")], now) as pool:
         await pool.send(chat("one"))
         assert pool.status("http://a/v1").rpm_limit == 100
@@ -313,12 +301,11 @@ async def test_preflight_checks_every_server(scripted_server: Server) -> None:
 async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
     release = asyncio.Event()
 
-    class Held(FakeTransport):
-        async def send_with_headers(self, request: LLMRequest) -> tuple[LLMResponse, Mapping[str, str]]:
-            await release.wait()
-            return await super().send_with_headers(request)
+    async def held(request: LLMRequest) -> str:
+        await release.wait()
+        return "ok"
 
-    fake = Held()
+    fake = ScriptedTransport(held)
     async with EndpointPool([EndpointSpec("http://a/v1", kind="openai", max_concurrency=1)],
                             transport_factory=lambda spec, key: fake) as pool:
         first = asyncio.create_task(pool.send(chat("first")))

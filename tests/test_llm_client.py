@@ -12,9 +12,10 @@ import anyio
 import pytest
 
 from kodcode.errors import BudgetExhausted, ConfigError, LLMError
-from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITransport, TransientLLMError, preflight
+from kodcode.llm.client import LLMClient, LLMRequest, OpenAITransport, TransientLLMError, preflight
 from kodcode.store.records import SqliteRecords
 from kodcode.llm.budget import Budget
+from kodcode.llm.fake import MemoryRecorder
 from kodcode.store.sqlite import Store
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
@@ -25,18 +26,6 @@ def echo(request: ScriptedRequest) -> Reply:
     if request.endpoint == "completions":
         return Reply(f"completed: {request.prompt}", usage={"prompt_tokens": 3, "completion_tokens": 4})
     return Reply(f"answer to: {request.user}", usage={"prompt_tokens": 5, "completion_tokens": 6})
-
-
-class MemoryRecorder:
-    def __init__(self) -> None:
-        self.calls: dict[str, LLMResponse] = {}
-
-    async def cached_call(self, request: LLMRequest) -> LLMResponse | None:
-        found = self.calls.get(request.key)
-        return None if found is None else LLMResponse(**{**found.__dict__, "cached": True})
-
-    async def record_call(self, request: LLMRequest, response: LLMResponse) -> None:
-        self.calls[request.key] = response
 
 
 class RetryLog:

@@ -25,10 +25,10 @@ from kodcode.prompts import PromptLibrary
 from kodcode.llm.client import LLMClient, OpenAITransport
 from kodcode.log import configure_logging, get_logger
 from kodcode.runtime.pipeline import Pipeline
+from kodcode.sandbox.fake import FakeSandbox
 from kodcode.store.records import SqliteRecords
 from kodcode.runtime.scheduler import AdaptivePolicy
 from kodcode.store.sqlite import Store
-from kodcode.sandbox.base import Limits, TestOutcome, Verdict
 from kodcode.agents.sources import (
     EVOLVE_METHODS,
     DocIndex,
@@ -112,7 +112,7 @@ def harness(scripted_server, tmp_path: Path):
         records = SqliteRecords(store)
         await records.start_run({})
         llm = LLMClient({"default": OpenAITransport(server.base_url)}, records, concurrency=4, max_retries=0)
-        ctx = AgentContext(config, llm, records, PassingSandbox(), PromptLibrary(),
+        ctx = AgentContext(config, llm, records, FakeSandbox(), PromptLibrary(),
                            {role: "scripted-model" for role in ("proposer", "solver", "tester", "rewriter")},
                            get_logger())
         try:
@@ -122,16 +122,6 @@ def harness(scripted_server, tmp_path: Path):
             await store.aclose()
 
     return start
-
-
-class PassingSandbox:
-    """Only the whole-pipeline test reaches the Judge; what it checks is where questions come from."""
-
-    async def run(self, solution: str, tests: str, limits: Limits | None = None) -> Verdict:
-        return Verdict(True, None, (TestOutcome("test_x", "passed"),), 100.0, 0.0)
-
-    async def aclose(self) -> None:
-        pass
 
 
 def tagged(question: str, analysis: str | None = None) -> str:
@@ -533,7 +523,7 @@ async def test_pipeline_verifies_questions_from_every_source(fake_coder_server, 
     records = SqliteRecords(store)
     await records.start_run({})
     llm = LLMClient({"default": OpenAITransport(server.base_url)}, records, concurrency=4)
-    ctx = AgentContext(config, llm, records, PassingSandbox(), PromptLibrary(),
+    ctx = AgentContext(config, llm, records, FakeSandbox(), PromptLibrary(),
                        {role: "scripted-model" for role in ("proposer", "solver", "tester", "rewriter")}, get_logger())
     pipeline = Pipeline(ctx, policy=AdaptivePolicy(), sources=SourceMix(config))
     try:

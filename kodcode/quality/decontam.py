@@ -206,13 +206,6 @@ class Decontaminator:
         words = tokens(text)
         return self._check_ngrams(words) or self._check_overlap(words) or self._check_semantic(text)
 
-    def overlap_scores(self, text: str) -> list[tuple[float, BenchmarkItem]]:
-        """Every benchmark item's overlap score for `text`, best first: for tuning thresholds."""
-        if self._stale:
-            self._refresh()
-        scores = self._overlap(_features(tokens(text)))
-        return sorted(((score, self._items[i]) for i, score in scores.items()), key=lambda pair: -pair[0])
-
     def _refresh(self) -> None:
         total = len(self._items)
         self._idf = {f: math.log(1.0 + total / len(p)) for f, p in self._postings.items()}
