@@ -30,7 +30,7 @@ __all__ = [
     "windowed_rate",
 ]
 
-# Item states in the order an item moves through them (records.ITEM_STATES).
+# Item states in the order an item moves through them (kodcode.store.port.ITEM_STATES).
 STATE_ORDER = ("proposing", "open", "verified", "failed", "duplicate", "contaminated", "rejected")
 _STATE_STYLES = {"verified": "green", "failed": "red", "duplicate": "yellow", "contaminated": "magenta",
                  "rejected": "yellow", "open": "cyan", "proposing": "blue"}
