@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "ITEM_STATES",
+    "RARE_STATE_SHARE",
     "ItemFilter",
     "ItemPage",
     "LLMSpend",
@@ -225,15 +226,19 @@ _ITEM_COLUMNS = ("item_id, seq, source, subset, state, difficulty, reason, updat
                  " (SELECT COUNT(*) FROM attempts a WHERE a.item_id = items.item_id AND a.passed = 1) AS passed")
 
 
-def items_page_sql(flt: ItemFilter, *, before: int | None = None, after: int | None = None,
-                   limit: int = 50) -> tuple[str, list[Any]]:
+def items_page_sql(flt: ItemFilter, *, before: int | None = None, after: int | None = None, limit: int = 50,
+                   rare_state: bool = False) -> tuple[str, list[Any]]:
     """The page query: newest first, keyset on `seq` (`before`: older than that seq; `after`: newer).
 
-    The state filter is written `+state` so SQLite walks the `seq` index in order and stops after `limit`
-    matches, rather than collecting every item of a state through items_state and sorting them; the
-    attempt counts are correlated lookups on the attempts primary key, for the page's rows only."""
+    By default SQLite walks the unique `seq` index in order and stops after `limit + 1` matches, so a page
+    deep in the table costs what the first one does; the state filter is written `+state` to keep the
+    planner on that walk instead of collecting every item of a common state through items_state and sorting
+    them. A `rare_state` (a few percent of the items) is the opposite case: its items_state entries are few,
+    so reading them all and sorting beats walking the whole seq index to find a page of them. The attempt
+    counts are correlated lookups on the attempts primary key, for the page's rows only."""
     where, params = _filter_sql(flt)
-    where = [w.replace("state = ?", "+state = ?", 1) if w.startswith("state = ") else w for w in where]
+    if not rare_state:
+        where = ["+" + w if w.startswith("state = ") else w for w in where]
     if before is not None:
         where.append("seq < ?")
         params.append(before)
@@ -242,20 +247,31 @@ def items_page_sql(flt: ItemFilter, *, before: int | None = None, after: int | N
         params.append(after)
     order = "ASC" if after is not None else "DESC"
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    return f"SELECT {_ITEM_COLUMNS} FROM items{clause} ORDER BY seq {order} LIMIT ?", [*params, limit + 1]
+    source = "items INDEXED BY items_state" if rare_state and flt.state else "items"
+    return f"SELECT {_ITEM_COLUMNS} FROM {source}{clause} ORDER BY seq {order} LIMIT ?", [*params, limit + 1]
+
+
+# A state held by fewer than this share of the items is read through items_state (see items_page_sql).
+RARE_STATE_SHARE = 0.05
 
 
 def items_page(conn: sqlite3.Connection, flt: ItemFilter, *, before: int | None = None, after: int | None = None,
                limit: int = 50) -> ItemPage:
-    sql, params = items_page_sql(flt, before=before, after=after, limit=limit)
+    where, count_params = _filter_sql(flt)
+    matching = conn.execute(
+        "SELECT COUNT(*) FROM items" + (f" WHERE {' AND '.join(where)}" if where else ""), count_params).fetchone()[0]
+    rare_state = False
+    if flt.state:
+        # Both counts come from indexes (items_state, and the smallest index for the total).
+        in_state = conn.execute("SELECT COUNT(*) FROM items WHERE state = ?", (flt.state,)).fetchone()[0]
+        total = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        rare_state = in_state < RARE_STATE_SHARE * total
+    sql, params = items_page_sql(flt, before=before, after=after, limit=limit, rare_state=rare_state)
     rows = [dict(row) for row in conn.execute(sql, params)]
     more = len(rows) > limit
     rows = rows[:limit]
     if after is not None:
         rows.reverse()
-    where, count_params = _filter_sql(flt)
-    matching = conn.execute(
-        "SELECT COUNT(*) FROM items" + (f" WHERE {' AND '.join(where)}" if where else ""), count_params).fetchone()[0]
     if not rows:
         return ItemPage(rows, matching, None, None)
     newest, oldest = rows[0]["seq"], rows[-1]["seq"]
