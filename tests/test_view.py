@@ -7,6 +7,8 @@ import html
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -19,7 +21,7 @@ from kodcode.store.records import Records
 from kodcode.store.sqlite import Store, open_readonly
 from kodcode.store.view_queries import ItemFilter, items_page, items_page_sql, query_plan
 from kodcode.view.app import LIVE_HEADER, create_app
-from view_helpers import RunStore, digest, run_store  # noqa: F401  (run_store is a fixture)
+from view_helpers import RunStore, digest
 
 LOCAL = "http://127.0.0.1"
 
@@ -48,6 +50,11 @@ def test_run_page_shows_the_stores_counts(run_store: RunStore) -> None:
     assert by_testid(page.text, "pass-rate") == [f"{100 * passed / judged:.1f}%"]
     assert "target reached" in page.text                  # the stop reason of the finished run
     assert page.text.count("<svg") >= 4                   # the charts are drawn
+
+
+def test_the_run_prints_the_view_command_once(run_store: RunStore) -> None:
+    line = f"python -m kodcode.view --db {run_store.db}"
+    assert run_store.run_stdout.count(line) == 1
 
 
 def test_items_are_filtered_and_searched(run_store: RunStore) -> None:
@@ -250,3 +257,12 @@ def test_items_pages_of_100k_items_over_http(big_store: Path) -> None:
     searched = client.get("/items", params={"q": "Question 77777:", "subset": "Codeforces"}).text
     assert set(re.findall(r'href="/items/(it\d+)"', searched)) == {"it77777"}
     assert client.get("/").status_code == 200
+
+
+def test_view_imports_no_pipeline_module() -> None:
+    # A command-line module over the store: it must not pull in the composition root, runtime or agents.
+    code = ("import sys, kodcode.view, kodcode.view.__main__; "
+            "print(sorted(m for m in sys.modules if m.startswith(('kodcode.app', 'kodcode.runtime', 'kodcode.agents'))))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

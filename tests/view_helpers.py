@@ -35,6 +35,7 @@ def view_coder() -> FakeCoder:
 class RunStore:
     db: Path
     markup_item: str          # the item whose question contains <script>
+    run_stdout: str
 
 
 def finished_store(directory: Path) -> RunStore:
@@ -46,7 +47,7 @@ def finished_store(directory: Path) -> RunStore:
     assert result.returncode == 0, result.stderr
     found = query(db, "SELECT item_id FROM items WHERE question LIKE '%<script>alert(1)</script>%' ORDER BY seq")
     assert found, "the scripted run proposes the markup question"
-    return RunStore(db, found[0][0])
+    return RunStore(db, found[0][0], result.stdout)
 
 
 def digest(path: Path) -> str:
