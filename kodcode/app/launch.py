@@ -126,6 +126,7 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info("run_started", db=str(db_path), target=config.target, concurrency=config.concurrency,
                  mode=config.effective_mode, models=models, base_url=base_url)
+        print(f"kodcode: watch this run in a browser: python -m kodcode.view --db {db_path}", flush=True)
         ctx = AgentContext(config, llm, records, sandbox, prompts, models, log)
         policy = AdaptivePolicy(max_attempts=config.max_attempts, cap_confidence=True)
         if policy.confidence < 0.95:
