@@ -4,6 +4,7 @@ generated 100,000-item store for paging. The browser tests are in test_view_brow
 from __future__ import annotations
 
 import html
+import importlib
 import re
 import shutil
 import sqlite3
@@ -266,3 +267,11 @@ def test_view_imports_no_pipeline_module() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", ["kodcode.store.view_queries", "kodcode.view.app", "kodcode.view.charts",
+                                    "kodcode.view.__main__"])
+def test_exports_are_sorted_and_exist(module: str) -> None:
+    imported = importlib.import_module(module)
+    assert imported.__all__ == sorted(imported.__all__)
+    assert all(hasattr(imported, name) for name in imported.__all__)

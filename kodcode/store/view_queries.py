@@ -19,10 +19,10 @@ from typing import Any
 
 __all__ = [
     "ITEM_STATES",
-    "RARE_STATE_SHARE",
     "ItemFilter",
     "ItemPage",
     "LLMSpend",
+    "RARE_STATE_SHARE",
     "charts_data",
     "filter_options",
     "item_detail",

@@ -10,16 +10,11 @@ from pathlib import Path
 from kodcode.errors import StoreError
 from kodcode.store.sqlite import open_readonly
 
-__all__ = ["DEFAULT_PORT", "build_parser", "main", "view_command"]
+__all__ = ["DEFAULT_PORT", "build_parser", "main"]
 
 DEFAULT_DB = Path("runs/kodcode.db")
 DEFAULT_PORT = 8765
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def view_command(db: Path | str) -> str:
-    """The command that opens the view of store `db`, as the run prints it at start."""
-    return f"python -m kodcode.view --db {db}"
 
 
 def build_parser() -> argparse.ArgumentParser:
