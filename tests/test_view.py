@@ -7,6 +7,7 @@ import html
 import importlib
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -174,6 +175,17 @@ def test_bad_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = run_kodcode("view", "--db", str(tmp_path / "missing.db"), timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == f"kodcode: error: store {tmp_path / 'missing.db'} does not exist"
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(run_store: RunStore) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_kodcode("view", "--db", str(run_store.db), "--port", str(port), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"kodcode: error: cannot listen on 127.0.0.1:{port}: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 # -- 100,000 items -------------------------------------------------------------------------------------------
