@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -285,7 +285,9 @@ def create_app(db: Path, *, allowed_hosts: list[str] | None = None, refresh_ms: 
     def page(request: Request, template: str, build: Callable[[sqlite3.Connection, str], dict[str, Any]],
              *, status: int = 200) -> Response:
         """Render a page, or only its live fragment when the page's script asks, or 204 when unchanged."""
-        version = store_version(db)
+        # A run killed with -9 leaves the store as it was: the version also says whether its process lives,
+        # so an open page learns that the run is gone.
+        version = f"{store_version(db)}.{_run_process_alive(db) or 0}"
         live = request.headers.get(LIVE_HEADER)
         seen_version, _, seen_hash = (live or "").partition(" ")
         if live is not None and seen_version == version:
@@ -347,15 +349,11 @@ def create_app(db: Path, *, allowed_hosts: list[str] | None = None, refresh_ms: 
         return page(request, "prompts.html", lambda conn, version: {
             "rows": compare_prompts(conn), "trials": prompt_trials_summary(conn)})
 
-    def version_view(request: Request) -> Response:
-        return JSONResponse({"version": store_version(db)}, headers=_SECURITY_HEADERS)
-
     routes = [
         Route("/", run_page),
         Route("/items", items_view),
         Route("/items/{item_id:path}", item_view),
         Route("/prompts", prompts_view),
-        Route("/api/version", version_view),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
