@@ -19,11 +19,13 @@ from starlette.testclient import TestClient
 
 from helpers import query, run_kodcode
 from kodcode.messages import ProposeTask
+from kodcode.prompts import TEMPLATE_DIR
 from kodcode.store.records import Records
 from kodcode.store.sqlite import Store, open_readonly
 from kodcode.store.view_queries import ItemFilter, items_page, items_page_sql, query_plan
 from kodcode.view.app import LIVE_HEADER, create_app
-from view_helpers import RunStore, digest
+from scripted_openai import ScriptedOpenAIServer
+from view_helpers import RunStore, digest, view_coder
 
 LOCAL = "http://127.0.0.1"
 
@@ -114,6 +116,27 @@ def test_prompts_page_compares_template_versions(run_store: RunStore) -> None:
     hashes = {row[0] for row in query(run_store.db, "SELECT DISTINCT template_hash FROM llm_calls WHERE role='solver'")}
     assert hashes and all(h in page for h in hashes)
     assert "no prompt trials in this store" in page
+
+
+def test_prompts_page_shows_iterate_trials(run_store: RunStore, tmp_path: Path) -> None:
+    db = tmp_path / "kc.db"
+    shutil.copy(run_store.db, db)
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    solve = (TEMPLATE_DIR / "solve.j2").read_text()
+    (prompts / "solve.j2").write_text(solve.replace("{% block user -%}\n", "{% block user -%}\nBe brief.\n", 1))
+    with ScriptedOpenAIServer(view_coder()) as server:
+        result = run_kodcode("iterate", "--db", str(db), "--stage", "solver", "--prompts", str(prompts), "--sample", "2",
+                             "--base-url", server.base_url)
+    assert result.returncode == 0, result.stderr
+    batches = query(db, "SELECT DISTINCT batch, arm FROM prompt_trials")
+    assert {arm for _, arm in batches} == {"baseline", "candidate"}
+    client = client_for(db)
+    page = client.get("/prompts").text
+    assert all(batch in page for batch, _ in batches) and "<td>candidate</td>" in page
+    assert page.count("<td>iterate</td>") == 2             # both solve versions, as iterate trials
+    item = query(db, "SELECT item_id FROM prompt_trials LIMIT 1")[0][0]
+    assert "Prompt trials (kodcode.iterate)" in client.get(f"/items/{item}").text
 
 
 def test_live_fragment_is_sent_only_when_the_page_changed(run_store: RunStore, tmp_path: Path) -> None:
