@@ -48,3 +48,8 @@ def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "run"
     path.mkdir()
     return path
+
+
+# -- kodcode.view: one scripted run's store shared by test_view.py and test_view_browser.py ------------------
+
+from view_helpers import run_store, view_server  # noqa: E402,F401

@@ -118,12 +118,14 @@ PROPOSE_KINDS = ("propose_prefill", "propose_from_seeds", "propose_free", "propo
 _BY_QUESTION = {problem.question: problem for problem in CATALOGUE}
 
 
-def problem_for(text: str) -> Problem | None:
-    for question, problem in _BY_QUESTION.items():
+def problem_for(text: str, problems: tuple[Problem, ...] = CATALOGUE) -> Problem | None:
+    """The problem a prompt is about; `problems` other than the catalogue serve a FakeCoder's own list."""
+    by_question = _BY_QUESTION if problems is CATALOGUE else {problem.question: problem for problem in problems}
+    for question, problem in by_question.items():
         if question in text:
             return problem
     # Questions that went through a prefill keep the prefix; match on the distinctive tail too.
-    for problem in CATALOGUE:
+    for problem in problems:
         tail = problem.question.removeprefix("Write a python function to ").rstrip(".")
         if tail in text:
             return problem
@@ -194,7 +196,7 @@ class FakeCoder:
             return "tests"
         if "Write a Python solution for the question below" in text:
             return "solve"
-        if not request.system and problem_for(request.user) is not None:
+        if not request.system and problem_for(request.user, self.problems) is not None:
             return "reason"
         return "unknown"
 
@@ -209,7 +211,7 @@ class FakeCoder:
         if kind == "tag":
             return ('{"explanation": "A clear function task.", "input_quality": "good", '
                     '"task_category": "Function Generation"}')
-        problem = problem_for(request.user)
+        problem = problem_for(request.user, self.problems)
         if problem is None:
             return "I cannot help with that."
         if kind in ("solve", "joint"):

@@ -82,6 +82,7 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         log.info("run_started", db=str(db_path), target=config.target, concurrency=config.concurrency,
                  mode=config.effective_mode, models=parts.models, base_url=parts.endpoint)
+        print(f"kodcode: watch this run in a browser: python -m kodcode.view --db {db_path}", flush=True)
 
         started = time.monotonic()
         view = ProgressView(Console(), live=live)

@@ -21,6 +21,7 @@ from kodcode.store.sqlite import open_readonly
 __all__ = [
     "ItemSample",
     "ReadConnection",
+    "ReadError",
     "Row",
     "attempt_lineages",
     "item_rows",
@@ -42,6 +43,7 @@ __all__ = [
 
 ReadConnection = sqlite3.Connection
 Row = sqlite3.Row                 # a row read by name: row["item_id"]
+ReadError = sqlite3.Error         # what a query not wrapped in a StoreError raises (kodcode.view's)
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -1,0 +1,52 @@
+// kodcode view: live updates without reloading the page.
+// Every few seconds, ask the server for the current page's fragment, telling it which store version and
+// fragment this page shows; it answers 204 when nothing changed, else the fragment it rendered (escaped on
+// the server). Open <details> stay open across a swap. No other script runs on these pages.
+(function () {
+  "use strict";
+  var main = document.getElementById("live");
+  var status = document.getElementById("live-status");
+  if (!main) return;
+  var version = main.dataset.version || "";
+  var hash = main.dataset.hash || "";
+  var period = parseInt(main.dataset.refreshMs || "2000", 10);
+  var updates = 0;
+
+  function show(text, cls) {
+    if (!status) return;
+    status.textContent = text;
+    status.className = "live-status " + cls;
+  }
+
+  function clock() {
+    return new Date().toLocaleTimeString();
+  }
+
+  function poll() {
+    if (document.hidden) return setTimeout(poll, period);
+    fetch(location.href, {headers: {"X-Kodcode-Live": version + " " + hash}, cache: "no-store"})
+      .then(function (response) {
+        version = response.headers.get("X-Kodcode-Version") || version;
+        if (response.status === 200) {
+          hash = response.headers.get("X-Kodcode-Hash") || hash;
+          return response.text().then(function (html) {
+            var open = Array.prototype.map.call(main.querySelectorAll("details[id][open]"), function (d) { return d.id; });
+            var focused = document.activeElement && document.activeElement.name;
+            main.innerHTML = html;
+            open.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
+            if (focused) { var f = main.querySelector("[name='" + focused + "']"); if (f) f.focus(); }
+            updates += 1;
+            main.dataset.updates = String(updates);
+            show("live · updated " + clock(), "live");
+          });
+        }
+        if (response.status === 204) { show("live · checked " + clock(), "live"); return; }
+        show("store unavailable (" + response.status + ")", "down");
+      })
+      .catch(function () { show("view server unreachable", "down"); })
+      .then(function () { setTimeout(poll, period); });
+  }
+
+  show("live", "live");
+  setTimeout(poll, period);
+})();
