@@ -138,15 +138,17 @@ def llm_spend_since(conn: sqlite3.Connection, spend: LLMSpend) -> LLMSpend:
     return spend
 
 
-def charts_data(conn: sqlite3.Connection, *, buckets: int = 48) -> dict[str, Any]:
-    """The run page's distributions and the verified-over-time series (in `buckets` time steps)."""
+def charts_data(conn: sqlite3.Connection, *, buckets: int = 48, until: float | None = None) -> dict[str, Any]:
+    """The run page's distributions and the verified-over-time series (in `buckets` time steps, from the
+    first run's start to the last verified item, or to `until` (now, while a run goes on))."""
     span = conn.execute(
         "SELECT MIN(updated_at), MAX(updated_at), COUNT(*) FROM items WHERE state='verified'").fetchone()
     verified_series: list[tuple[float, int]] = []
     if span[2]:
         start = conn.execute("SELECT MIN(started_at) FROM runs").fetchone()[0] or span[0]
         start = min(start, span[0])
-        width = max((span[1] - start) / buckets, 1e-6)
+        end = max(span[1], until or span[1])
+        width = max((end - start) / buckets, 1e-6)
         counts = dict(conn.execute(
             "SELECT MIN(CAST((updated_at - ?) / ? AS INTEGER), ?), COUNT(*) FROM items WHERE state='verified'"
             " GROUP BY 1", (start, width, buckets - 1)).fetchall())
