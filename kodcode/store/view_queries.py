@@ -117,10 +117,14 @@ class LLMSpend:
 
 
 def llm_spend_since(conn: sqlite3.Connection, spend: LLMSpend) -> LLMSpend:
-    """Add the calls recorded after `spend.last_rowid` to `spend` (in place) and return it.
+    """Add the calls recorded after `spend.last_rowid` to `spend` and return it (a new one after a reset).
 
     Calls are inserted, never updated or deleted, so rowids only grow: each refresh reads only new rows
-    through the rowid b-tree instead of summing a table that holds every prompt and response."""
+    through the rowid b-tree instead of summing a table that holds every prompt and response. A store
+    replaced under the view (fewer rows than already counted) is summed again from the start."""
+    newest = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM llm_calls").fetchone()[0]
+    if newest < spend.last_rowid:
+        spend = LLMSpend()
     rows = conn.execute(
         "SELECT CAST(created_at AS INTEGER) AS second, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
         " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0), MAX(rowid)"

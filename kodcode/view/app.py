@@ -153,7 +153,7 @@ class _RunFigures:
 
     def _compute(self, conn: sqlite3.Connection) -> dict[str, Any]:
         facts = run_facts(conn)
-        spend = llm_spend_since(conn, self._spend)
+        self._spend = spend = llm_spend_since(conn, self._spend)
         latest = facts["latest_run"] or {}
         config = latest.get("config") or {}
         summary = latest.get("summary") or {}
