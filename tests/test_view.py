@@ -327,3 +327,14 @@ def test_llm_spend_is_read_incrementally(run_store: RunStore, tmp_path: Path) ->
         assert llm_spend_since(conn, shrunk).calls == calls
     finally:
         conn.close()
+
+
+def test_a_store_that_disappears_is_an_error_page_not_a_traceback(run_store: RunStore, tmp_path: Path) -> None:
+    db = tmp_path / "kc.db"
+    shutil.copy(run_store.db, db)
+    client = client_for(db)
+    assert client.get("/").status_code == 200
+    db.unlink()
+    gone = client.get("/")
+    assert gone.status_code == 503
+    assert "The store cannot be read" in gone.text and f"store {db} does not exist" in gone.text
