@@ -22,7 +22,7 @@ from kodcode.messages import ProposeTask
 from kodcode.prompts import TEMPLATE_DIR
 from kodcode.store.records import SqliteRecords
 from kodcode.store.sqlite import Store, open_readonly
-from kodcode.store.view_queries import ItemFilter, items_page, items_page_sql, query_plan
+from kodcode.store.view_queries import ItemFilter, LLMSpend, items_page, items_page_sql, llm_spend_since, query_plan
 from kodcode.view.app import LIVE_HEADER, create_app
 from scripted_openai import ScriptedOpenAIServer
 from view_helpers import RunStore, digest, view_coder
@@ -310,3 +310,31 @@ def test_exports_are_sorted_and_exist(module: str) -> None:
     imported = importlib.import_module(module)
     assert imported.__all__ == sorted(imported.__all__)
     assert all(hasattr(imported, name) for name in imported.__all__)
+
+
+def test_llm_spend_is_read_incrementally(run_store: RunStore, tmp_path: Path) -> None:
+    db = tmp_path / "kc.db"
+    shutil.copy(run_store.db, db)
+    conn = open_readonly(db)
+    try:
+        spend = llm_spend_since(conn, LLMSpend())
+        calls, tokens = query(db, "SELECT COUNT(*), SUM(prompt_tokens + completion_tokens) FROM llm_calls")[0]
+        assert (spend.calls, spend.tokens) == (calls, tokens)
+        # Nothing new: nothing is added twice.
+        assert llm_spend_since(conn, spend).calls == calls
+        # A store replaced under the view (fewer calls than counted) is summed from the start.
+        shrunk = LLMSpend(last_rowid=spend.last_rowid + 1000, calls=10**6)
+        assert llm_spend_since(conn, shrunk).calls == calls
+    finally:
+        conn.close()
+
+
+def test_a_store_that_disappears_is_an_error_page_not_a_traceback(run_store: RunStore, tmp_path: Path) -> None:
+    db = tmp_path / "kc.db"
+    shutil.copy(run_store.db, db)
+    client = client_for(db)
+    assert client.get("/").status_code == 200
+    db.unlink()
+    gone = client.get("/")
+    assert gone.status_code == 503
+    assert "The store cannot be read" in gone.text and f"store {db} does not exist" in gone.text

@@ -117,10 +117,14 @@ class LLMSpend:
 
 
 def llm_spend_since(conn: sqlite3.Connection, spend: LLMSpend) -> LLMSpend:
-    """Add the calls recorded after `spend.last_rowid` to `spend` (in place) and return it.
+    """Add the calls recorded after `spend.last_rowid` to `spend` and return it (a new one after a reset).
 
     Calls are inserted, never updated or deleted, so rowids only grow: each refresh reads only new rows
-    through the rowid b-tree instead of summing a table that holds every prompt and response."""
+    through the rowid b-tree instead of summing a table that holds every prompt and response. A store
+    replaced under the view (fewer rows than already counted) is summed again from the start."""
+    newest = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM llm_calls").fetchone()[0]
+    if newest < spend.last_rowid:
+        spend = LLMSpend()
     rows = conn.execute(
         "SELECT CAST(created_at AS INTEGER) AS second, COUNT(*), COALESCE(SUM(prompt_tokens), 0),"
         " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0), MAX(rowid)"
@@ -138,15 +142,17 @@ def llm_spend_since(conn: sqlite3.Connection, spend: LLMSpend) -> LLMSpend:
     return spend
 
 
-def charts_data(conn: sqlite3.Connection, *, buckets: int = 48) -> dict[str, Any]:
-    """The run page's distributions and the verified-over-time series (in `buckets` time steps)."""
+def charts_data(conn: sqlite3.Connection, *, buckets: int = 48, until: float | None = None) -> dict[str, Any]:
+    """The run page's distributions and the verified-over-time series (in `buckets` time steps, from the
+    first run's start to the last verified item, or to `until` (now, while a run goes on))."""
     span = conn.execute(
         "SELECT MIN(updated_at), MAX(updated_at), COUNT(*) FROM items WHERE state='verified'").fetchone()
     verified_series: list[tuple[float, int]] = []
     if span[2]:
         start = conn.execute("SELECT MIN(started_at) FROM runs").fetchone()[0] or span[0]
         start = min(start, span[0])
-        width = max((span[1] - start) / buckets, 1e-6)
+        end = max(span[1], until or span[1])
+        width = max((end - start) / buckets, 1e-6)
         counts = dict(conn.execute(
             "SELECT MIN(CAST((updated_at - ?) / ? AS INTEGER), ?), COUNT(*) FROM items WHERE state='verified'"
             " GROUP BY 1", (start, width, buckets - 1)).fetchall())

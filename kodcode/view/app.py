@@ -57,7 +57,7 @@ _HERE = Path(__file__).parent
 # The live script sends "<store version> <fragment hash>" in this header and gets only the page's fragment.
 LIVE_HEADER = "X-Kodcode-Live"
 PAGE_SIZE = 50
-_TOKENS_WINDOW_S = 60.0
+_TOKENS_WINDOW_S = 300.0     # LLM calls land when they finish: a minute of a slow model is too jumpy
 # Defence in depth behind escaping: no inline script, nothing loaded from elsewhere.
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -153,8 +153,7 @@ class _RunFigures:
 
     def _compute(self, conn: ReadConnection) -> dict[str, Any]:
         facts = run_facts(conn)
-        spend = llm_spend_since(conn, self._spend)
-        charts = charts_data(conn)
+        self._spend = spend = llm_spend_since(conn, self._spend)
         latest = facts["latest_run"] or {}
         config = latest.get("config") or {}
         summary = latest.get("summary") or {}
@@ -164,6 +163,7 @@ class _RunFigures:
         pid = _run_process_alive(self.db)
         running = latest.get("status") == "running" and pid is not None
         now = time.time()
+        charts = charts_data(conn, until=now if running else None)
         started = latest.get("started_at")
         ended = latest.get("ended_at")
         elapsed = ((ended or now) - started) if started else None

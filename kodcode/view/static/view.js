@@ -11,6 +11,10 @@
   var hash = main.dataset.hash || "";
   var period = parseInt(main.dataset.refreshMs || "2000", 10);
   var updates = 0;
+  // A filter or diff form the user has started to change must not be replaced under them: swaps wait.
+  var editing = false;
+  main.addEventListener("input", function () { editing = true; });
+  main.addEventListener("change", function () { editing = true; });
 
   function show(text, cls) {
     if (!status) return;
@@ -23,18 +27,18 @@
   }
 
   function poll() {
-    if (document.hidden) return setTimeout(poll, period);
+    if (editing) show("paused while you edit", "idle");
+    if (document.hidden || editing) return setTimeout(poll, period);
     fetch(location.href, {headers: {"X-Kodcode-Live": version + " " + hash}, cache: "no-store"})
       .then(function (response) {
+        if (editing) return;
         version = response.headers.get("X-Kodcode-Version") || version;
         if (response.status === 200) {
           hash = response.headers.get("X-Kodcode-Hash") || hash;
           return response.text().then(function (html) {
             var open = Array.prototype.map.call(main.querySelectorAll("details[id][open]"), function (d) { return d.id; });
-            var focused = document.activeElement && document.activeElement.name;
             main.innerHTML = html;
             open.forEach(function (id) { var d = document.getElementById(id); if (d) d.open = true; });
-            if (focused) { var f = main.querySelector("[name='" + focused + "']"); if (f) f.focus(); }
             updates += 1;
             main.dataset.updates = String(updates);
             show("live · updated " + clock(), "live");
