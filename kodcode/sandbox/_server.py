@@ -81,16 +81,21 @@ class CoverageWindows:
         self.cov = coverage.Coverage(data_file=None, include=[solution_path], config_file=False)
         self.depth = 0
         self.enabled = True
+        self.spent = 0.0  # seconds inside cov.start()/cov.stop(), reported as the task's coverage phase
 
     def open(self) -> None:
         self.depth += 1
         if self.depth == 1 and self.enabled:
+            t0 = time.monotonic()
             self.cov.start()
+            self.spent += time.monotonic() - t0
 
     def close(self) -> None:
         self.depth -= 1
         if self.depth == 0 and self.enabled:
+            t0 = time.monotonic()
             self.cov.stop()
+            self.spent += time.monotonic() - t0
 
     def percent(self) -> float | None:
         if not self.enabled:
@@ -111,6 +116,11 @@ class Recorder:
         self.per_test_s = per_test_s
         self.windows = windows
         self.phases: dict[str, str | None] = {}
+        # (monotonic time, coverage seconds so far) at each phase boundary the child reports.
+        self.marks: dict[str, tuple[float, float]] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.monotonic(), self.windows.spent)
 
     def bind(self, fd: int, nonce: str, per_test_s: float) -> None:
         self.fd, self.nonce, self.per_test_s = fd, nonce, per_test_s
@@ -172,6 +182,16 @@ class Recorder:
                 finally:
                     plugin.windows.close()
 
+            def pytest_collection_finish(self, session):
+                plugin.mark("collected")
+
+            @pytest.hookimpl(wrapper=True, tryfirst=True)
+            def pytest_runtestloop(self, session):
+                try:
+                    return (yield)
+                finally:
+                    plugin.mark("ran")
+
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_protocol(self, item, nextitem):
                 plugin.phases = {}
@@ -231,7 +251,9 @@ def on_alarm(signum, frame):
     raise PerTestTimeout("per-test timeout")
 
 
-def child_main(req: dict, report_fd: int, out_fd: int) -> None:
+def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None:
+    recorder = PREPARED.recorder
+    recorder.mark("started")
     limits = req["limits"]
     os.setsid()
     mb = 1 << 20
@@ -270,10 +292,38 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
 
     # Nobody reads a mutant's coverage; tracing it would slow every line the tests run.
     WINDOWS.enabled = bool(limits.get("coverage", True))
-    PREPARED.recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
+    recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
+    recorder.mark("setup")
     exit_code = PREPARED.run()
-    PREPARED.recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})
+    recorder.mark("finished")
+    coverage = WINDOWS.percent()
+    recorder.mark("measured")
     sys.stdout.flush()
+    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": coverage,
+                   "phases": child_phases(recorder.marks, forked_at)})
+
+
+def child_phases(marks: dict[str, tuple[float, float]], forked_at: float) -> dict[str, float]:
+    """Seconds per phase of this child, from fork to its last record; coverage work is its own phase.
+
+    A phase the run never reached (collection failed, say) counts as zero; `t_end` lets the server
+    add how long the child then took to exit.
+    """
+    now = time.monotonic()
+    started = marks["started"][0]
+    order = ["setup", "collected", "ran", "finished"]
+    phases = {"fork": started - forked_at}
+    prev_t, prev_cov = marks["started"]
+    cov_at_start = prev_cov
+    for name, label in zip(order, ("setup", "collection", "run", "teardown")):
+        t, cov = marks.get(name, (prev_t, prev_cov))
+        phases[label] = max(0.0, (t - prev_t) - (cov - prev_cov))
+        prev_t, prev_cov = t, cov
+    measured_t = marks.get("measured", (prev_t, prev_cov))[0]
+    phases["coverage"] = (prev_cov - cov_at_start) + (measured_t - prev_t)
+    phases["teardown"] += max(0.0, now - measured_t)  # flushing output, writing this record
+    phases["t_end"] = now
+    return phases
 
 
 def write_task_files(solution: str, tests: str) -> None:
@@ -545,7 +595,7 @@ def run_task(req: dict) -> dict:
         try:
             os.close(report_r)
             os.close(out_r)
-            child_main(req, report_w, out_w)
+            child_main(req, report_w, out_w, started)
             os._exit(0)
         except BaseException:
             os._exit(70)
@@ -592,7 +642,8 @@ def run_task(req: dict) -> dict:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
+    reaped = time.monotonic()
     remaining = kill_everything_else()
     elapsed = time.monotonic() - started
     # Every writer is dead now, so the pipes end in EOF.
@@ -604,6 +655,10 @@ def run_task(req: dict) -> dict:
     wipe_scratch()
     return {
         "id": req["id"],
+        # For the per-phase breakdown (see child_phases): when the child was reaped, when the server
+        # was ready for the next task, and the child's page faults (costly on some VMs).
+        "timing": {"started": started, "reaped": reaped, "cleaned": time.monotonic(),
+                   "minflt": usage.ru_minflt, "majflt": usage.ru_majflt},
         "dirty": os.path.lexists(f"{SCRATCH_DIRS[0]}/task"),  # the next task could not start clean
         "timed_out": timed_out,
         "exit_code": os.waitstatus_to_exitcode(status),

@@ -8,7 +8,13 @@ import signal
 
 from kodcode.sandbox.base import TestOutcome, Verdict
 
-__all__ = ["decide"]
+__all__ = ["PHASES", "decide", "task_phases"]
+
+# Where one task's time goes, in order: fork (server forks until the child runs), setup (limits, task
+# files, fds), collection (importing the tests and solution), run (the tests), coverage (starting,
+# stopping and measuring it), teardown (ending the pytest session, the last record), wait (the child's
+# exit until it is reaped) and cleanup (the server's sweep of leftover processes and files).
+PHASES = ("fork", "setup", "collection", "run", "coverage", "teardown", "wait", "cleanup")
 
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
 _MAX_LISTED = 5
@@ -46,6 +52,37 @@ def _crash_reason(exit_code: int) -> str:
     return "crashed"
 
 
+def task_phases(answer: dict, end: dict | None) -> dict[str, float]:
+    """Seconds per phase (see PHASES), plus the child's minor page faults as `minflt`.
+
+    The child's own phases come from its end record: the child could forge them, so they are for
+    diagnosis only and never feed a verdict. A child that sent no end record shows only wait and cleanup.
+    """
+    timing = answer.get("timing")
+    if not isinstance(timing, dict):
+        return {}
+    try:
+        started, reaped, cleaned = (float(timing[k]) for k in ("started", "reaped", "cleaned"))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    phases: dict[str, float] = {}
+    child = end.get("phases") if end else None
+    last = started
+    if isinstance(child, dict):
+        for name in PHASES[:6]:
+            value = child.get(name)
+            if isinstance(value, (int, float)) and value >= 0:
+                phases[name] = float(value)
+        t_end = child.get("t_end")
+        if isinstance(t_end, (int, float)) and started <= t_end <= reaped:
+            last = float(t_end)
+    phases["wait"] = reaped - last
+    phases["cleanup"] = cleaned - reaped
+    if isinstance(timing.get("minflt"), int):
+        phases["minflt"] = float(timing["minflt"])
+    return phases
+
+
 def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
     """Pass only if every expected test ran and passed, the sentinel arrived and the child exited cleanly."""
     records = _parse_records(answer.get("report", ""), nonce)
@@ -70,7 +107,8 @@ def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
     def verdict(passed: bool, reason: str | None) -> Verdict:
         return Verdict(passed=passed, reason=reason, tests=tuple(outcomes), coverage=coverage,
                        duration_s=duration, output_tail=tail,
-                       extra={"survivors": int(answer.get("survivors", 0))})
+                       extra={"survivors": int(answer.get("survivors", 0)),
+                              "phases": task_phases(answer, ends[-1] if ends else None)})
 
     if answer.get("timed_out"):
         return verdict(False, "timeout")
