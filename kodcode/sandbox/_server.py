@@ -30,6 +30,7 @@ WINDOWS: CoverageWindows
 PREPARED: PreparedSession
 REPORT_CAP = 4 << 20
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def preimport() -> None:
@@ -254,6 +255,7 @@ def on_alarm(signum, frame):
 def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None:
     recorder = PREPARED.recorder
     recorder.mark("started")
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the server blocks SIGCHLD (see main); tests get none blocked
     limits = req["limits"]
     os.setsid()
     mb = 1 << 20
@@ -553,7 +555,7 @@ def wipe_scratch() -> None:
 
 
 def survivors() -> list[int]:
-    """Live processes in the sandbox besides its init and this server (zombies await init's reaping)."""
+    """Live processes in the sandbox besides its init and this server (zombies await reaping)."""
     me = os.getpid()
     alive = []
     for entry in os.listdir("/proc"):
@@ -568,21 +570,43 @@ def survivors() -> list[int]:
     return alive
 
 
+def reap_all() -> bool:
+    """Reap every child that has exited; True once this server has no children left at all."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+    except ChildProcessError:
+        return True
+    return False
+
+
 def kill_everything_else(grace_s: float = 3.0) -> int:
-    """SIGKILL every other process of ours in the sandbox and wait until they are gone; returns how many remain."""
+    """Kill whatever the task left running in the sandbox and wait until it is gone; returns how many remain.
+
+    The server is the sandbox's child subreaper (see main), so every process a task started, whatever
+    it did (setsid, double fork), is this server's child or a descendant of one, alive or a zombie.
+    After the task's child is reaped, no children left means nothing escaped: one waitpid call, no
+    kill(-1) and no /proc walk. Otherwise kill(-1) reaches them all and the server reaps each as
+    SIGCHLD reports it (blocked in the server, so sigtimedwait cannot miss one), never polling.
+    """
     if not ISOLATED:
         return 0  # outside a pid namespace kill(-1) would reach the host's processes
+    if reap_all():
+        return 0
     deadline = time.monotonic() + grace_s
     while True:
-        # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1.
+        # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1;
+        # repeated each round for one that was being forked while the previous round ran.
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        left = survivors()
-        if not left or time.monotonic() > deadline:
-            return len(left)
-        time.sleep(0.005)
+        if reap_all():
+            return 0
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return max(1, len(survivors()))
+        signal.sigtimedwait([signal.SIGCHLD], min(remaining, 0.1))
 
 
 def run_task(req: dict) -> dict:
@@ -670,6 +694,19 @@ def run_task(req: dict) -> dict:
     }
 
 
+def bare_fork_s() -> float:
+    """This machine's cost of fork + exit + wait for this very process (the floor under every task)."""
+    costs = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        costs.append(time.monotonic() - t0)
+    return sorted(costs)[1]
+
+
 def main() -> None:
     global ISOLATED, WINDOWS, PREPARED
     uid, gid = int(sys.argv[1]), int(sys.argv[2])
@@ -677,6 +714,12 @@ def main() -> None:
     ISOLATED = sys.argv[4] == "1"
     if ISOLATED:
         SCRATCH_DIRS.append("/dev/shm")
+        # Orphans of a task (daemons, double forks) become this server's children rather than the
+        # sandbox init's, so the server knows by one waitpid whether anything outlived a task, and
+        # SIGCHLD, blocked here and taken with sigtimedwait, tells it when each is gone.
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise RuntimeError(f"cannot become a child subreaper: {os.strerror(ctypes.get_errno())}")
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     preimport()
     drop_privileges(uid, gid)
     os.environ.pop("PYTEST_ADDOPTS", None)
@@ -694,7 +737,7 @@ def main() -> None:
     gc.freeze()  # shared copy-on-write by every child; the child's collector skips it
     requests = sys.stdin.buffer
     answers = sys.stdout.buffer
-    answers.write(json.dumps({"ready": True, "uid": os.getuid()}).encode() + b"\n")
+    answers.write(json.dumps({"ready": True, "uid": os.getuid(), "fork_s": bare_fork_s()}).encode() + b"\n")
     answers.flush()
     for line in requests:
         req = json.loads(line)
