@@ -308,3 +308,51 @@ async def test_pool_start_warns_naming_the_phase_of_a_slow_warm_up_task(monkeypa
     slow = [entry for entry in logs if entry["event"] == "sandbox.slow_task"]
     assert len(slow) == 1 and slow[0]["log_level"] == "warning"
     assert slow[0]["phase"] in PHASES and set(PHASES) <= set(slow[0]["phases_ms"])
+
+
+UNITTEST_TESTS = '''
+import unittest
+from solution import parse
+
+
+class Checks(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.text = "1,2"
+
+    def setUp(self):
+        self.expected = [1, 2]
+
+    def test_parse(self):
+        self.assertEqual(parse(self.text), self.expected)
+
+    def test_each(self):
+        for text, value in [("1", [1]), ("3,4", [3, 4]), ("5", [5])]:
+            with self.subTest(text=text):
+                self.assertEqual(parse(text), value)
+
+    def tearDown(self):
+        self.expected = None
+
+
+class TestMore(Checks):
+    def test_empty(self):
+        with self.assertRaises(ValueError):
+            parse("")
+'''
+
+
+@needs_bwrap
+async def test_unittest_testcases_pass_whatever_their_name() -> None:
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run(LEGIT_SOLUTION, UNITTEST_TESTS)
+        broken = await sb.run(LEGIT_SOLUTION.replace('text.split(",")', 'text.split(",")[:1]'), UNITTEST_TESTS)
+    assert verdict.passed, verdict
+    # pytest collects every TestCase subclass, and a subclass inherits its base's tests.
+    assert {(t.name, t.outcome) for t in verdict.tests} == {
+        ("Checks::test_parse", "passed"), ("Checks::test_each", "passed"), ("TestMore::test_parse", "passed"),
+        ("TestMore::test_each", "passed"), ("TestMore::test_empty", "passed")}
+    assert not broken.passed
+    outcomes = {t.name: t.outcome for t in broken.tests}
+    assert outcomes["Checks::test_each"] == "failed" and outcomes["Checks::test_parse"] == "failed"
+    assert outcomes["TestMore::test_empty"] == "passed"

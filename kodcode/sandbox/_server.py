@@ -109,7 +109,14 @@ class CoverageWindows:
 
 
 class Recorder:
-    """A pytest plugin recording each test's phases from the hook calls themselves (not from reports)."""
+    """A pytest plugin recording each test's outcome from two sources that must agree on "passed".
+
+    pytest's own reports (setup, call and teardown, subtests, skips, xfail/xpass) are what pytest
+    concluded, including for unittest.TestCase tests, whose runner catches failures and skips before
+    any hook sees them. The exceptions seen passing through the phase hooks back that up for
+    pytest-style tests: code that forges reports must also get past them (and past the static screen,
+    the real defence, since code in this process can forge anything).
+    """
 
     def __init__(self, fd: int, nonce: str, per_test_s: float, windows: CoverageWindows) -> None:
         self.fd = fd
@@ -117,6 +124,7 @@ class Recorder:
         self.per_test_s = per_test_s
         self.windows = windows
         self.phases: dict[str, str | None] = {}
+        self.reports: list[tuple[str, str, bool, str]] = []  # (when, outcome, was xfail, message)
         # (monotonic time, coverage seconds so far) at each phase boundary the child reports.
         self.marks: dict[str, tuple[float, float]] = {}
 
@@ -193,9 +201,15 @@ class Recorder:
                 finally:
                     plugin.mark("ran")
 
+            @pytest.hookimpl(tryfirst=True)
+            def pytest_runtest_logreport(self, report):
+                plugin.reports.append((report.when, report.outcome, hasattr(report, "wasxfail"),
+                                       report_message(report)))
+
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_protocol(self, item, nextitem):
                 plugin.phases = {}
+                plugin.reports = []
                 try:
                     return (yield)
                 finally:
@@ -208,22 +222,61 @@ class Recorder:
 
         config.pluginmanager.register(Phases(), "kodcode-phases")
 
-    def report_item(self, item) -> None:
+    def hook_outcome(self) -> tuple[str, str]:
         phases = self.phases
         if "call" not in phases:
-            outcome, message = "error", phases.get("setup") or "test did not run"
-        elif phases.get("setup") or phases.get("teardown"):
-            outcome, message = "error", phases.get("setup") or phases.get("teardown")
-        elif phases["call"]:
-            outcome, message = "failed", phases["call"]
-        else:
-            outcome, message = "passed", ""
+            return "error", phases.get("setup") or "test did not run"
+        if phases.get("setup") or phases.get("teardown"):
+            return "error", phases.get("setup") or phases.get("teardown") or ""
+        if phases["call"]:
+            return "failed", phases["call"]
+        return "passed", ""
+
+    def report_outcome(self) -> tuple[str, str]:
+        """What pytest's reports for this test say: any failed report (a subtest's too) fails it."""
+        reports = self.reports
+        for when, outcome, _, message in reports:
+            if outcome == "failed":
+                # The hook saw the exception itself (PerTestTimeout, MemoryError): its text is the exact one.
+                return ("failed" if when == "call" else "error"), self.phases.get(when) or message
+        calls = [r for r in reports if r[0] == "call"]
+        if any(outcome == "skipped" and xfail for _, outcome, xfail, _ in calls):
+            return "xfailed", next(m for _, o, x, m in calls if o == "skipped" and x)
+        if any(outcome == "passed" and xfail for _, outcome, xfail, _ in calls):
+            return "xpassed", "unexpectedly passed"
+        for when, outcome, _, message in reports:
+            if outcome == "skipped":
+                return "skipped", message
+        setups = [r for r in reports if r[0] == "setup"]
+        teardowns = [r for r in reports if r[0] == "teardown"]
+        if not setups or not calls or not teardowns:
+            return "error", "pytest reported no " + ("setup" if not setups else "call" if not calls else "teardown")
+        return "passed", ""
+
+    def report_item(self, item) -> None:
+        outcome, message = self.report_outcome()
+        if outcome == "passed":
+            outcome, message = self.hook_outcome()
         cls = item.cls.__name__ if getattr(item, "cls", None) is not None else None
         func = getattr(item, "originalname", None) or item.name
         self.emit({
             "t": "test", "name": item.name, "func": f"{cls}::{func}" if cls else func,
             "item": f"{cls}::{item.name}" if cls else item.name, "outcome": outcome, "msg": message or "",
         })
+
+
+def report_message(report) -> str:
+    """A report's failure or skip reason in a line (pytest's own crash line, or the skip reason)."""
+    longrepr = report.longrepr
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        return str(longrepr[2])[:300]
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return str(crash.message).strip().splitlines()[-1][:300] if str(crash.message).strip() else ""
+    lines = str(longrepr).strip().splitlines()
+    return lines[-1][:300] if lines else ""
 
 
 def describe(exc: BaseException) -> str:

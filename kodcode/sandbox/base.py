@@ -26,7 +26,8 @@ class Limits:
 @dataclass(frozen=True)
 class TestOutcome:
     name: str                      # pytest node name, e.g. "test_add" or "test_add[1-2]"
-    outcome: str                   # passed | failed | error | skipped | missing
+    outcome: str                   # passed | failed | error | skipped | xfailed | xpassed | missing,
+                                   # as pytest's reports concluded (unittest.TestCase tests included)
     message: str = ""              # short failure text (last line of the assertion), capped
 
     __test__ = False               # not a pytest test class, despite the name
@@ -36,7 +37,7 @@ class TestOutcome:
 class Verdict:
     passed: bool                   # every expected test reported passed, sentinel seen, clean exit
     reason: str | None             # None when passed; else a short machine-friendly reason, e.g.
-                                   # "failed: test_a, test_b", "timeout", "tampering: os._exit",
+                                   # "failed: test_a, test_b", "skipped: test_c", "timeout", "tampering: os._exit",
                                    # "collection error: ...", "no tests", "syntax error in solution"
     tests: tuple[TestOutcome, ...] = ()
     coverage: float | None = None  # percent of solution.py lines covered, 0..100

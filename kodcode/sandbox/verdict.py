@@ -32,7 +32,15 @@ def _parse_records(report: str, nonce: str) -> list[dict]:
     return records
 
 
+_NOT_RUN = ("skipped", "xfailed")
+
+
 def _failure_reason(bad: list[TestOutcome]) -> str:
+    if all(t.outcome in _NOT_RUN for t in bad):
+        # Skipped or expected to fail: pytest's rc would be 0, but the test never showed it passes.
+        names = list(dict.fromkeys(t.name.split("[")[0] for t in bad))
+        return f"skipped: {', '.join(names[:_MAX_LISTED])}" + (", ..." if len(names) > _MAX_LISTED else "")
+    bad = [t for t in bad if t.outcome not in _NOT_RUN]
     messages = " ".join(t.message for t in bad)
     if "MemoryError" in messages:
         return "memory"
