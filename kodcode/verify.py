@@ -6,6 +6,10 @@ complete lines and a rerun skips the rows already there). Where the input record
 sandbox disagrees, with the reason: environment-dependent rows and fake passes become visible.
 
     python -m kodcode.verify data.parquet --out verdicts.jsonl --filter subset=Leetcode --sample 500
+
+Tests run the way KodCode's own harness ran them: `from solution import *` is written above every test
+file (many KodCode test files call the function without importing it). `--test-prelude none` runs the
+files as they are, `--test-prelude FILE` puts that file's text above each instead; the summary says which.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from kodcode.sandbox import Limits, Verdict, open_sandbox
 from kodcode.verify_io import InputSource, RowError, open_input
 
 __all__ = [
+    "KODCODE_PRELUDE",
     "FieldMap",
     "RowTask",
     "Summary",
@@ -45,6 +50,8 @@ __all__ = [
 ]
 
 _DEFAULT_TIMEOUT_S = 30.0       # KodCode's own harness: `timeout 30 pytest` per trial
+# KodCode's step2.2_gen_unit_tests.py writes this line above every test_solution.py it runs.
+KODCODE_PRELUDE = "from solution import *\n"
 _FILTER_ALIASES = {"difficulty": "gpt_difficulty"}
 _PASS_WORDS = {"pass", "passed", "true", "yes", "ok", "1"}
 _FAIL_WORDS = {"fail", "failed", "false", "no", "0"}
@@ -90,6 +97,7 @@ class VerifyOptions:
     workers: int | None = None
     isolation: bool = True
     split: str | None = None
+    test_prelude: str = "kodcode"   # "kodcode", "none", or the path of a file whose text goes above each test file
 
 
 @dataclass
@@ -102,6 +110,7 @@ class Summary:
     reasons: Counter[str] = field(default_factory=Counter)
     with_recorded: int = 0
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    test_prelude: str = "kodcode"
 
     def add(self, record: dict[str, Any]) -> None:
         self.verdicts[record["verdict"]] += 1
@@ -116,7 +125,7 @@ class Summary:
             bisect.insort(self.disagreements, entry, key=lambda d: d["index"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"selected": self.selected, "resumed": self.resumed, "verdicts": dict(self.verdicts),
+        return {"selected": self.selected, "resumed": self.resumed, "test_prelude": self.test_prelude, "verdicts": dict(self.verdicts),
                 "reasons": dict(self.reasons.most_common()), "with_recorded": self.with_recorded,
                 "disagreements": self.disagreements}
 
@@ -317,6 +326,8 @@ def _likely_cause(record: dict[str, Any]) -> str:
         return "invalid row"
     if reason.startswith(("missing module", "timeout", "memory")):
         return "environment"
+    if reason.startswith("pytest rules"):
+        return "environment differs (a rule of this pytest version)"
     if reason.startswith("tampering"):
         return "fake pass (tampering)"
     if reason.startswith(("failed", "missing tests")):
@@ -426,6 +437,23 @@ def _limits(timeout_s: float) -> Limits:
     return Limits(wall_s=timeout_s, per_test_s=timeout_s, cpu_s=max(10, math.ceil(timeout_s)))
 
 
+def resolve_prelude(choice: str) -> tuple[str, str]:
+    """The text to put above each test file, and how the summary names it: kodcode, none or FILE."""
+    if choice == "kodcode":
+        return KODCODE_PRELUDE, "kodcode (`from solution import *` above each test file, as KodCode's harness)"
+    if choice == "none":
+        return "", "none (test files run as they are)"
+    path = Path(choice)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"--test-prelude {choice!r} is not kodcode, none or a readable file ({detail})") from None
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text, f"file {path.name} above each test file"
+
+
 def _expected_total(source: InputSource, options: VerifyOptions) -> int | None:
     if options.filters:
         return options.sample if options.sample is not None and options.limit is None else options.limit
@@ -440,8 +468,9 @@ async def verify(options: VerifyOptions, progress_stream: TextIO | None = None) 
         raise ConfigError("--timeout must be positive")
     source = open_input(options.input, options.split)
     _check_columns(source, options)
+    prelude, prelude_label = resolve_prelude(options.test_prelude)
     done = load_done(options.out)
-    summary = Summary()
+    summary = Summary(test_prelude=prelude_label)
     results = _ResultFile(options.out)
     progress = _Progress(_expected_total(source, options), 0, progress_stream or sys.stderr)
     limits = _limits(options.timeout_s)
@@ -469,7 +498,7 @@ async def verify(options: VerifyOptions, progress_stream: TextIO | None = None) 
     async def consume(sandbox: Any, inbox: Any) -> None:
         async with inbox:
             async for task in inbox:
-                finish(task, await sandbox.run(task.solution, task.tests, limits))
+                finish(task, await sandbox.run(task.solution, prelude + task.tests, limits))
 
     try:
         async with open_sandbox(workers=options.workers, isolation=options.isolation, limits=limits) as sandbox:
@@ -516,13 +545,14 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
             raise ConfigError(f"{name} must be at least 1")
     return VerifyOptions(input=args.input, out=args.out, fields=fields, filters=filters, sample=args.sample,
                          seed=args.seed, limit=args.limit, timeout_s=args.timeout, workers=args.workers,
-                         isolation=not args.unsafe_no_isolation, split=args.split)
+                         isolation=not args.unsafe_no_isolation, split=args.split, test_prelude=args.test_prelude)
 
 
 def _print_summary(summary: Summary, out: Path, stream: TextIO) -> None:
     verdicts = ", ".join(f"{summary.verdicts[v]} {v}" for v in ("pass", "fail", "invalid"))
     resumed = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
     print(f"verified {summary.selected} rows{resumed}: {verdicts}; details in {out}", file=stream)
+    print(f"test prelude: {summary.test_prelude}", file=stream)
     if summary.reasons:
         print("reasons: " + ", ".join(f"{reason} {n}" for reason, n in summary.reasons.most_common()), file=stream)
     if summary.with_recorded == 0:
@@ -557,6 +587,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--entry-field", help="column holding the entry point (default: test_info, ...)")
     parser.add_argument("--recorded-field", help="column holding the recorded verdict "
                                                  "(default: verdict, passed, gpt_pass_sequence + chosen_trial)")
+    parser.add_argument("--test-prelude", default="kodcode", metavar="kodcode|none|FILE",
+                        help="what goes above every test file: kodcode (default) writes `from solution import *` "
+                             "as KodCode's harness did; none runs the files as they are; FILE puts its text there")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run untrusted code WITHOUT bubblewrap (only where bubblewrap cannot run)")
