@@ -29,6 +29,7 @@ from kodcode.errors import SandboxError
 from kodcode.sandbox.base import Limits, Verdict
 from kodcode.sandbox.bwrap import BWRAP_ENV, bwrap_argv, bwrap_unavailable_reason
 from kodcode.sandbox.screen import screen
+from kodcode.sandbox.uids import process_uid_range
 from kodcode.sandbox.verdict import PHASES, decide
 
 __all__ = ["ForkServer", "ForkServerSandbox", "slow_phase"]
@@ -38,8 +39,8 @@ _START_TIMEOUT_S = 60.0
 _ANSWER_MARGIN_S = 15.0   # the server enforces wall_s itself; this covers its kill and cleanup
 _ANSWER_CAP = 16 << 20
 _CLOSE_GRACE_S = 2.0
-# Each root-started server drops to its own uid, so RLIMIT_NPROC counts only that server's processes.
-_UID_BASE = 0x6B6F0000
+# Each root-started server drops to its own uid, so RLIMIT_NPROC counts only that server's processes;
+# the uids come from this process's claimed range, disjoint from other kodcode processes' (see uids).
 _uid_counter = itertools.count()
 _log = structlog.get_logger("kodcode.sandbox")
 
@@ -86,7 +87,7 @@ class ForkServer:
         scratch: str | None = None
         if isolation:
             privileged = os.geteuid() == 0
-            uid = _UID_BASE + next(_uid_counter) % 0x10000 if privileged else os.getuid()
+            uid = process_uid_range().uid(next(_uid_counter)) if privileged else os.getuid()
             gid = uid if privileged else os.getgid()
             argv = [*bwrap_argv(tmpfs_mb=tmpfs_mb, privileged=privileged), sys.executable, "-I", "-c",
                     _SERVER_SOURCE, str(uid), str(gid), "/tmp", "1"]
