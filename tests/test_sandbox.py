@@ -356,3 +356,36 @@ async def test_unittest_testcases_pass_whatever_their_name() -> None:
     outcomes = {t.name: t.outcome for t in broken.tests}
     assert outcomes["Checks::test_each"] == "failed" and outcomes["Checks::test_parse"] == "failed"
     assert outcomes["TestMore::test_empty"] == "passed"
+
+
+HANG_TESTS = '''
+import time
+from solution import spin
+
+
+def test_sleeps_past_the_cpu_limit():
+    time.sleep(1.5)          # wall time, not CPU time: the CPU limit must not cut it
+
+
+def test_hangs():
+    spin()
+
+
+def test_after_the_hang():
+    spin()
+'''
+
+
+@needs_bwrap
+async def test_per_test_cpu_limit_ends_a_hung_file_and_spares_sleeping_tests() -> None:
+    limits = Limits(wall_s=30, per_test_s=30, per_test_cpu_s=1.0, cpu_s=30)
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run("def spin():\n    while True:\n        pass\n", HANG_TESTS, limits)
+        fine = await sb.run("def spin():\n    return None\n", HANG_TESTS, limits)
+    assert not verdict.passed and verdict.reason == "timeout", verdict
+    outcomes = {t.name: t.outcome for t in verdict.tests}
+    assert outcomes["test_sleeps_past_the_cpu_limit"] == "passed"
+    assert outcomes["test_hangs"] == "failed" and "CPU time" in next(t.message for t in verdict.tests if t.name == "test_hangs")
+    # The first test out of time ends the file: the next one never runs (and so never waits its limit).
+    assert outcomes["test_after_the_hang"] == "missing"
+    assert fine.passed, fine

@@ -122,6 +122,7 @@ class Recorder:
         self.fd = fd
         self.nonce = nonce
         self.per_test_s = per_test_s
+        self.per_test_cpu_s: float | None = None
         self.windows = windows
         self.phases: dict[str, str | None] = {}
         self.reports: list[tuple[str, str, bool, str]] = []  # (when, outcome, was xfail, message)
@@ -131,8 +132,9 @@ class Recorder:
     def mark(self, name: str) -> None:
         self.marks[name] = (time.monotonic(), self.windows.spent)
 
-    def bind(self, fd: int, nonce: str, per_test_s: float) -> None:
+    def bind(self, fd: int, nonce: str, per_test_s: float, per_test_cpu_s: float | None = None) -> None:
         self.fd, self.nonce, self.per_test_s = fd, nonce, per_test_s
+        self.per_test_cpu_s = per_test_cpu_s
 
     def emit(self, record: dict) -> None:
         record["nonce"] = self.nonce
@@ -171,12 +173,17 @@ class Recorder:
             def pytest_runtest_call(self, item):
                 plugin.windows.open()
                 signal.setitimer(signal.ITIMER_REAL, plugin.per_test_s)
+                if plugin.per_test_cpu_s:
+                    # CPU time of this process (all threads), which load does not stretch. It fires
+                    # again every half CPU second for code that catches the first one and spins on.
+                    signal.setitimer(signal.ITIMER_PROF, plugin.per_test_cpu_s, 0.5)
                 try:
                     result = yield
                 except BaseException as exc:
                     plugin.phases["call"] = describe(exc)
                     raise
                 finally:
+                    signal.setitimer(signal.ITIMER_PROF, 0)
                     signal.setitimer(signal.ITIMER_REAL, 0)
                     plugin.windows.close()
                 plugin.phases["call"] = None
@@ -257,6 +264,10 @@ class Recorder:
         outcome, message = self.report_outcome()
         if outcome == "passed":
             outcome, message = self.hook_outcome()
+        if "PerTestTimeout" in message:
+            # The verdict is a timeout already; a hung solution would hang the remaining tests too,
+            # each costing a full limit, so the session stops here and frees the server sooner.
+            item.session.shouldstop = "a test ran out of time"
         cls = item.cls.__name__ if getattr(item, "cls", None) is not None else None
         func = getattr(item, "originalname", None) or item.name
         self.emit({
@@ -305,6 +316,10 @@ def on_alarm(signum, frame):
     raise PerTestTimeout("per-test timeout")
 
 
+def on_cpu_limit(signum, frame):
+    raise PerTestTimeout("per-test CPU time limit")
+
+
 def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None:
     recorder = PREPARED.recorder
     recorder.mark("started")
@@ -324,6 +339,7 @@ def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None
         resource.setrlimit(res, (value, hard))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPROF, on_cpu_limit)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     workdir = f"{SCRATCH_DIRS[0]}/task"
@@ -347,7 +363,8 @@ def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None
 
     # Nobody reads a mutant's coverage; tracing it would slow every line the tests run.
     WINDOWS.enabled = bool(limits.get("coverage", True))
-    recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
+    cpu_limit = limits.get("per_test_cpu_s")
+    recorder.bind(3, req["nonce"], float(limits["per_test_s"]), float(cpu_limit) if cpu_limit else None)
     recorder.mark("setup")
     exit_code = PREPARED.run()
     recorder.mark("finished")

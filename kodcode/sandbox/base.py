@@ -12,6 +12,10 @@ __all__ = ["Limits", "Sandbox", "TestOutcome", "Verdict"]
 class Limits:
     wall_s: float = 10.0          # whole test file, wall clock
     per_test_s: float = 5.0       # one test, wall clock
+    per_test_cpu_s: float | None = None  # one test's CPU time (all its threads); None: no such limit.
+                                   # Load does not stretch CPU time, so it can sit far below a wall limit
+                                   # and still never cut a slow legitimate test; the first test that
+                                   # runs out of either limit also ends its file (the verdict is a timeout).
     cpu_s: int = 10
     memory_mb: int = 1024         # address space
     fsize_mb: int = 10
