@@ -235,26 +235,32 @@ class ForkServerSandbox:
                 self._send.send_nowait(slot)
         await self._check_speed(max((s.fork_s for s in slots if s is not None), default=0.0))
 
-    async def _check_speed(self, fork_s: float) -> None:
-        """Run one tiny trusted task and warn, naming the phase, when it costs far more than expected.
+    async def _check_speed(self, fork_s: float, probes: int = 3) -> None:
+        """Run a tiny trusted task a few times and warn, naming the phase, when it costs far more than expected.
 
         A machine where forked children fault slowly, or waiting wakes late, shows it here once
-        instead of as a quietly slow run; the phases say where to look.
+        instead of as a quietly slow run; the phases say where to look. Each phase counts at its
+        fastest over the runs, so one preemption on a busy machine does not raise the alarm.
         """
-        self.probe = verdict = await self.run(_PROBE_SOLUTION, _PROBE_TESTS)
-        phases = verdict.extra.get("phases", {})
-        if not verdict.passed:
-            _log.warning("sandbox.probe_failed", reason=verdict.reason, output=verdict.output_tail[-300:])
-            return
-        slow = slow_phase(phases, fork_s)
+        best: dict[str, float] = {}
+        for _ in range(probes):
+            self.probe = verdict = await self.run(_PROBE_SOLUTION, _PROBE_TESTS)
+            if not verdict.passed:
+                _log.warning("sandbox.probe_failed", reason=verdict.reason, output=verdict.output_tail[-300:])
+                return
+            for name, value in verdict.extra.get("phases", {}).items():
+                best[name] = min(value, best.get(name, value))
+        slow = slow_phase(best, fork_s)
         if slow is not None:
             name, took, expected = slow
+            load = os.getloadavg()[0]
             _log.warning("sandbox.slow_task", phase=name, ms=round(took * 1000, 1),
                          expected_ms=round(expected * 1000, 1), fork_ms=round(fork_s * 1000, 2),
-                         phases_ms={k: round(v * 1000, 1) for k, v in phases.items() if k in PHASES},
-                         page_faults=int(phases.get("minflt", 0)),
-                         detail=f"one warm-up task spent {took * 1000:.0f} ms in {name} "
-                                f"(expected under {expected * 1000:.0f} ms); this machine will verify slowly")
+                         phases_ms={k: round(v * 1000, 1) for k, v in best.items() if k in PHASES},
+                         page_faults=int(best.get("minflt", 0)), load=round(load, 2), cpus=os.cpu_count(),
+                         detail=f"a warm-up task spent {took * 1000:.0f} ms in {name} at best of {probes} "
+                                f"(expected under {expected * 1000:.0f} ms; load average {load:.1f} on "
+                                f"{os.cpu_count()} CPUs); verification will be slow here")
 
     async def _spawn(self) -> ForkServer:
         server = await ForkServer.start(isolation=self.isolation, tmpfs_mb=self.limits.tmpfs_mb)
