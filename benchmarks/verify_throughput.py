@@ -68,6 +68,12 @@ def make_rows(count: int, slow_share: float, failing_share: float, hangs: int = 
     return rows
 
 
+def held_s(out: Path, ids: set[str]) -> float:
+    """Mean seconds a slot was held by the rows in `ids` (their duration_s in kodcode.verify's output)."""
+    durations = [r["duration_s"] for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()) if r["id"] in ids]
+    return sum(durations) / len(durations) if durations else 0.0
+
+
 def run_verify(data: Path, out: Path, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, dict[str, bool]]:
     argv = [sys.executable, "-m", "kodcode.verify", str(data), "--out", str(out), "--json",
             "--workers", str(workers), *extra]
@@ -130,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         data = root / "rows.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        hung_ids = {r["question_id"] for r in rows if "_kodcode_hang" in r["solution"]}
         wall_s, wall_only = run_verify(data, root / "wall.jsonl", args.workers, ("--test-cpu-limit", "0"))
+        wall_held = held_s(root / "wall.jsonl", hung_ids)
         verify_s, ours = run_verify(data, root / "verdicts.jsonl", args.workers)
+        cpu_held = held_s(root / "verdicts.jsonl", hung_ids)
         theirs: dict[str, bool] | None = None
         if not args.no_baseline:
             baseline_dir = root / "pytest"
@@ -142,11 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kodcode.verify, wall per file only  {wall_s:8.1f} s  {n / wall_s:7.2f} rows/s  ({sum(wall_only.values())} pass)")
     print(f"kodcode.verify, CPU limit per test  {verify_s:8.1f} s  {n / verify_s:7.2f} rows/s  ({sum(ours.values())} pass)")
     print(f"time policies agree on {sum(ours[k] == v for k, v in wall_only.items())}/{n} rows; "
-          f"CPU limit per test is {wall_s / verify_s:.2f}x faster")
+          f"CPU limit per test is {wall_s / verify_s:.2f}x faster; a hung row held its slot "
+          f"{wall_held:.1f} s vs {cpu_held:.1f} s (load now {' '.join(f'{x:.2f}' for x in os.getloadavg())})")
     if theirs is not None:
         agree = sum(ours.get(key) == value for key, value in theirs.items())
         print(f"pytest per row                      {pytest_s:8.1f} s  {n / pytest_s:7.2f} rows/s  ({sum(theirs.values())} pass)")
         print(f"ratio                               {pytest_s / verify_s:8.2f}x  (verdicts agree on {agree}/{n} rows)")
+        for key, value in theirs.items():
+            if ours.get(key) != value:
+                kind = ("hung" if key in hung_ids else "CPU-heavy" if any(r["question_id"] == key and "test_heavy_but_fine"
+                                                                         in r["test"] for r in rows) else "other")
+                print(f"  differs: {key} ({kind}): pytest per row {'pass' if value else 'fail'}, "
+                      f"kodcode.verify {'pass' if ours.get(key) else 'fail'}")
     return 0
 
 

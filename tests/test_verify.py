@@ -405,3 +405,23 @@ def test_the_pipelines_own_exports_verify_identically_under_the_kodcode_prelude(
     assert verdicts["kodcode"] == verdicts["none"]
     assert len(verdicts["kodcode"]) >= 3
     assert all(verdict == ("pass", None) for verdict in verdicts["kodcode"].values()), verdicts["kodcode"]
+
+
+def test_hung_rows_end_on_the_cpu_limit_and_sleepy_rows_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hung = {"question_id": "hung", "solution": "def f():\n    while True:\n        pass\n",
+            "test": "def test_f():\n    assert f() == 1\n\ndef test_g():\n    assert f() == 1\n"}
+    sleepy = {"question_id": "sleepy", "solution": "import time\n\ndef f():\n    time.sleep(1.5)\n    return 1\n",
+              "test": "def test_f():\n    assert f() == 1\n"}
+    data = write_jsonl(tmp_path / "rows.jsonl", [hung, sleepy])
+    code, _, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "v.jsonl"), "--timeout", "20",
+                              "--test-cpu-limit", "1")
+    assert code == 0, err
+    records = out_records(tmp_path / "v.jsonl")
+    assert records["sleepy"]["verdict"] == "pass"          # 1.5 s of wall time, almost no CPU time
+    assert records["hung"]["verdict"] == "fail" and records["hung"]["reason"] == "timeout"
+    tests = {t["name"]: t for t in records["hung"]["tests"]}
+    assert "CPU time" in tests["test_f"]["message"]
+    assert tests["test_g"]["outcome"] == "missing"          # the file stopped at its first hung test
+
+    code, _, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "bad.jsonl"), "--test-cpu-limit", "-1")
+    assert code == 2 and "--test-cpu-limit" in err
