@@ -3,6 +3,9 @@
 
     .venv/bin/python benchmarks/sandbox_throughput.py [--limit N] [--rounds R] [--workers W]
 
+Beside the ratio it prints where a sandboxed task's time goes (median ms per phase: fork, setup,
+collection, run, coverage, teardown, wait, cleanup) and its page faults, so a slow machine shows where it is slow.
+
 Each round runs both sides on the same triplets, alternating which goes first, because the machine
 may be shared: compare the ratios of one round, not absolute numbers across runs.
 """
@@ -24,6 +27,7 @@ import anyio
 
 from kodcode.sandbox import open_sandbox
 from kodcode.sandbox.humaneval import HumanEvalTriplet, humaneval_triplets
+from kodcode.sandbox.verdict import PHASES
 
 __all__ = ["main"]
 
@@ -38,6 +42,7 @@ class Side(NamedTuple):
     latencies: list[float]
     wall_s: float
     startup_s: float = 0.0
+    phases: list[dict[str, float]] = []  # per task, sandbox side only (see kodcode.sandbox.verdict.PHASES)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -72,19 +77,35 @@ def run_paper_harness(triplets: list[HumanEvalTriplet]) -> Side:
 async def run_sandbox(triplets: list[HumanEvalTriplet], workers: int | None) -> Side:
     passed: list[bool] = [False] * len(triplets)
     latencies: list[float] = [0.0] * len(triplets)
+    phases: list[dict[str, float]] = [{} for _ in triplets]
     opened = time.monotonic()
     async with open_sandbox(isolation=True, workers=workers) as sb:
         async def one(index: int) -> None:
             t0 = time.monotonic()
             verdict = await sb.run(triplets[index].solution, triplets[index].tests)
             passed[index], latencies[index] = verdict.passed, time.monotonic() - t0
+            phases[index] = verdict.extra.get("phases", {})
 
         started = time.monotonic()
         async with anyio.create_task_group() as tg:
             for index in range(len(triplets)):
                 tg.start_soon(one, index)
         elapsed = time.monotonic() - started
-    return Side(passed, latencies, elapsed, started - opened)
+    return Side(passed, latencies, elapsed, started - opened, phases)
+
+
+def _phase_line(side: Side) -> str:
+    """Median ms per phase over the tasks, as measured in the children and the servers."""
+    parts = []
+    for name in (*PHASES, "total"):
+        values = [sum(v for k, v in p.items() if k in PHASES) if name == "total" else p[name]
+                  for p in side.phases if name in p or (name == "total" and p)]
+        if values:
+            parts.append(f"{name} {statistics.median(values) * 1000:.1f}")
+    faults = [p["minflt"] for p in side.phases if "minflt" in p]
+    if faults:
+        parts.append(f"page faults {statistics.median(faults):.0f}")
+    return "  per task (median ms): " + ", ".join(parts)
 
 
 def _line(label: str, side: Side) -> str:
@@ -92,6 +113,20 @@ def _line(label: str, side: Side) -> str:
     return (f"  {label:40s} {n / side.wall_s:7.2f} triplets/s  p50 {_percentile(side.latencies, 0.5) * 1000:6.0f} ms  "
             f"p99 {_percentile(side.latencies, 0.99) * 1000:6.0f} ms  passed {sum(side.passed)}/{n}  "
             f"wall {side.wall_s:.1f} s")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -102,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     triplets = humaneval_triplets()[: args.limit]
     n = len(triplets)
-    print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs, {args.rounds} round(s)")
+    print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs ({_cpu_model()}), load {_load()}, {args.rounds} round(s)")
     ratios: list[float] = []
     identical = True
     for round_index in range(args.rounds):
@@ -120,10 +155,11 @@ def main() -> None:
         print(_line("paper harness (pytest --cov per trial)", paper))
         # Latency under a saturated queue includes waiting for a free server.
         print(_line("kodcode sandbox (bwrap + fork server)", box) + f"  (+{box.startup_s:.1f} s pool start)")
+        print(_phase_line(box))
         print(f"  speed-up: {ratios[-1]:.1f}x   identical verdicts: {paper.passed == box.passed}")
     if args.rounds > 1:
         print(f"speed-up per round: {', '.join(f'{r:.1f}x' for r in ratios)}; median {statistics.median(ratios):.1f}x")
-    print(f"identical verdicts in every round: {identical}")
+    print(f"identical verdicts in every round: {identical}; load now {_load()}")
 
 
 if __name__ == "__main__":

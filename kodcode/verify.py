@@ -6,6 +6,10 @@ complete lines and a rerun skips the rows already there). Where the input record
 sandbox disagrees, with the reason: environment-dependent rows and fake passes become visible.
 
     python -m kodcode.verify data.parquet --out verdicts.jsonl --filter subset=Leetcode --sample 500
+
+Tests run the way KodCode's own harness ran them: `from solution import *` is written above every test
+file (many KodCode test files call the function without importing it). `--test-prelude none` runs the
+files as they are, `--test-prelude FILE` puts that file's text above each instead; the summary says which.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from typing import Any, TextIO
 import anyio
 
 from kodcode.errors import ConfigError, KodcodeError
+from kodcode.log import configure_logging
 from kodcode.sandbox import Limits, Verdict, open_sandbox
 from kodcode.verify_io import InputSource, RowError, open_input
 
 __all__ = [
+    "KODCODE_PRELUDE",
     "FieldMap",
     "RowTask",
     "Summary",
@@ -45,6 +51,10 @@ __all__ = [
 ]
 
 _DEFAULT_TIMEOUT_S = 30.0       # KodCode's own harness: `timeout 30 pytest` per trial
+# A test that has used this much CPU time is taken as hung (see _limits).
+_DEFAULT_TEST_CPU_S = 10.0
+# KodCode's step2.2_gen_unit_tests.py writes this line above every test_solution.py it runs.
+KODCODE_PRELUDE = "from solution import *\n"
 _FILTER_ALIASES = {"difficulty": "gpt_difficulty"}
 _PASS_WORDS = {"pass", "passed", "true", "yes", "ok", "1"}
 _FAIL_WORDS = {"fail", "failed", "false", "no", "0"}
@@ -87,9 +97,11 @@ class VerifyOptions:
     seed: int = 0
     limit: int | None = None
     timeout_s: float = _DEFAULT_TIMEOUT_S
+    test_cpu_s: float | None = _DEFAULT_TEST_CPU_S   # None: wall time per file only, as KodCode's harness
     workers: int | None = None
     isolation: bool = True
     split: str | None = None
+    test_prelude: str = "kodcode"   # "kodcode", "none", or the path of a file whose text goes above each test file
 
 
 @dataclass
@@ -102,6 +114,7 @@ class Summary:
     reasons: Counter[str] = field(default_factory=Counter)
     with_recorded: int = 0
     disagreements: list[dict[str, Any]] = field(default_factory=list)
+    test_prelude: str = "kodcode"
 
     def add(self, record: dict[str, Any]) -> None:
         self.verdicts[record["verdict"]] += 1
@@ -116,7 +129,7 @@ class Summary:
             bisect.insort(self.disagreements, entry, key=lambda d: d["index"])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"selected": self.selected, "resumed": self.resumed, "verdicts": dict(self.verdicts),
+        return {"selected": self.selected, "resumed": self.resumed, "test_prelude": self.test_prelude, "verdicts": dict(self.verdicts),
                 "reasons": dict(self.reasons.most_common()), "with_recorded": self.with_recorded,
                 "disagreements": self.disagreements}
 
@@ -317,6 +330,8 @@ def _likely_cause(record: dict[str, Any]) -> str:
         return "invalid row"
     if reason.startswith(("missing module", "timeout", "memory")):
         return "environment"
+    if reason.startswith("pytest rules"):
+        return "environment differs (a rule of this pytest version)"
     if reason.startswith("tampering"):
         return "fake pass (tampering)"
     if reason.startswith(("failed", "missing tests")):
@@ -421,9 +436,35 @@ class _Progress:
 # -- the run --------------------------------------------------------------------------------------
 
 
-def _limits(timeout_s: float) -> Limits:
-    # KodCode's harness limits only the whole file; a per-test limit below it would fail rows it passed.
-    return Limits(wall_s=timeout_s, per_test_s=timeout_s, cpu_s=max(10, math.ceil(timeout_s)))
+def _limits(timeout_s: float, test_cpu_s: float | None = _DEFAULT_TEST_CPU_S) -> Limits:
+    """KodCode's harness limits only the whole file's wall time (30 s); so does this, per file.
+
+    A per-test *wall* limit below it would fail rows KodCode passed on a loaded machine. What ends
+    hung solutions sooner is a limit on each test's CPU time (default 10 s): an infinite loop uses CPU
+    time as fast as the machine allows, while load, which stretches wall time, does not add to it. The
+    slowest legitimately passing real trial seen took about 7 s of wall time on a loaded 2-core machine,
+    so at most 7 s of CPU time (single-threaded) for the whole file: 10 s for a single test sits above
+    it. The first test out of time also ends its file. Sleeping hangs still run to the wall limit.
+    """
+    cpu = test_cpu_s if test_cpu_s and test_cpu_s < timeout_s else None
+    return Limits(wall_s=timeout_s, per_test_s=timeout_s, per_test_cpu_s=cpu, cpu_s=max(10, math.ceil(timeout_s)))
+
+
+def resolve_prelude(choice: str) -> tuple[str, str]:
+    """The text to put above each test file, and how the summary names it: kodcode, none or FILE."""
+    if choice == "kodcode":
+        return KODCODE_PRELUDE, "kodcode (`from solution import *` above each test file, as KodCode's harness)"
+    if choice == "none":
+        return "", "none (test files run as they are)"
+    path = Path(choice)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"--test-prelude {choice!r} is not kodcode, none or a readable file ({detail})") from None
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text, f"file {path.name} above each test file"
 
 
 def _expected_total(source: InputSource, options: VerifyOptions) -> int | None:
@@ -438,13 +479,16 @@ async def verify(options: VerifyOptions, progress_stream: TextIO | None = None) 
     """Verify every selected row not already in `options.out`; returns totals over all selected rows."""
     if options.timeout_s <= 0:
         raise ConfigError("--timeout must be positive")
+    if options.test_cpu_s is not None and options.test_cpu_s < 0:
+        raise ConfigError("--test-cpu-limit must be 0 (off) or positive")
     source = open_input(options.input, options.split)
     _check_columns(source, options)
+    prelude, prelude_label = resolve_prelude(options.test_prelude)
     done = load_done(options.out)
-    summary = Summary()
+    summary = Summary(test_prelude=prelude_label)
     results = _ResultFile(options.out)
     progress = _Progress(_expected_total(source, options), 0, progress_stream or sys.stderr)
-    limits = _limits(options.timeout_s)
+    limits = _limits(options.timeout_s, options.test_cpu_s)
     send, receive = anyio.create_memory_object_stream[RowTask](options.workers or os.cpu_count() or 1)
 
     def finish(task: RowTask, verdict: Verdict | None) -> None:
@@ -469,7 +513,7 @@ async def verify(options: VerifyOptions, progress_stream: TextIO | None = None) 
     async def consume(sandbox: Any, inbox: Any) -> None:
         async with inbox:
             async for task in inbox:
-                finish(task, await sandbox.run(task.solution, task.tests, limits))
+                finish(task, await sandbox.run(task.solution, prelude + task.tests, limits))
 
     try:
         async with open_sandbox(workers=options.workers, isolation=options.isolation, limits=limits) as sandbox:
@@ -516,13 +560,15 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
             raise ConfigError(f"{name} must be at least 1")
     return VerifyOptions(input=args.input, out=args.out, fields=fields, filters=filters, sample=args.sample,
                          seed=args.seed, limit=args.limit, timeout_s=args.timeout, workers=args.workers,
-                         isolation=not args.unsafe_no_isolation, split=args.split)
+                         isolation=not args.unsafe_no_isolation, split=args.split, test_prelude=args.test_prelude,
+                         test_cpu_s=args.test_cpu_limit or None)
 
 
 def _print_summary(summary: Summary, out: Path, stream: TextIO) -> None:
     verdicts = ", ".join(f"{summary.verdicts[v]} {v}" for v in ("pass", "fail", "invalid"))
     resumed = f" ({summary.resumed} from an earlier run)" if summary.resumed else ""
     print(f"verified {summary.selected} rows{resumed}: {verdicts}; details in {out}", file=stream)
+    print(f"test prelude: {summary.test_prelude}", file=stream)
     if summary.reasons:
         print("reasons: " + ", ".join(f"{reason} {n}" for reason, n in summary.reasons.most_common()), file=stream)
     if summary.with_recorded == 0:
@@ -545,6 +591,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="rows run in parallel (default: one per CPU)")
     parser.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S,
                         help=f"seconds per test file (default {_DEFAULT_TIMEOUT_S:g}, as KodCode's harness)")
+    parser.add_argument("--test-cpu-limit", type=float, default=_DEFAULT_TEST_CPU_S, metavar="SECONDS",
+                        help=f"CPU seconds one test may use before it counts as hung and its file stops "
+                             f"(default {_DEFAULT_TEST_CPU_S:g}; 0: only --timeout per file, as KodCode's harness)")
     parser.add_argument("--limit", type=int, help="verify at most this many selected rows")
     parser.add_argument("--sample", type=int, help="a seeded random sample of this many rows")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample (default 0)")
@@ -557,15 +606,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--entry-field", help="column holding the entry point (default: test_info, ...)")
     parser.add_argument("--recorded-field", help="column holding the recorded verdict "
                                                  "(default: verdict, passed, gpt_pass_sequence + chosen_trial)")
+    parser.add_argument("--test-prelude", default="kodcode", metavar="kodcode|none|FILE",
+                        help="what goes above every test file: kodcode (default) writes `from solution import *` "
+                             "as KodCode's harness did; none runs the files as they are; FILE puts its text there")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run untrusted code WITHOUT bubblewrap (only where bubblewrap cannot run)")
     return parser
 
 
+class _Stderr:
+    """Whatever sys.stderr is at each write (tests swap it), for the log's console."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 once every selected row is in --out (whatever the verdicts), 2 on unusable input, 130 on Ctrl-C."""
     args = _parser().parse_args(argv)
+    # Warnings (a slow machine, running unisolated) go to stderr: stdout carries the summary (--json).
+    configure_logging(None, console_level="warning", console=_Stderr())
     try:
         options = _options(args)
         summary = anyio.run(verify, options)

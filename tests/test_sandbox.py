@@ -7,8 +7,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from kodcode.errors import SandboxError
-from kodcode.sandbox import Limits, bwrap, bwrap_available, open_sandbox
+from kodcode.sandbox import Limits, bwrap, bwrap_available, forkserver, open_sandbox
+from kodcode.sandbox.forkserver import slow_phase
 from kodcode.sandbox.humaneval import humaneval_triplets, plant_bug
+from kodcode.sandbox.verdict import PHASES
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot run here")
 
@@ -237,3 +239,153 @@ async def test_tasks_start_from_a_clean_interpreter() -> None:
     async with open_sandbox(workers=1) as sb:
         verdicts = [await sb.run("def f():\n    return 1\n", CLEAN_STATE_TESTS) for _ in range(2)]
     assert all(v.passed for v in verdicts), verdicts
+
+
+ESCAPER_TESTS = '''
+import subprocess
+
+
+def test_leaves_a_daemon_behind():
+    subprocess.Popen(["sleep", "4444.5"], start_new_session=True)
+'''
+
+ALONE_TESTS = '''
+import os
+
+
+def test_nothing_else_runs_in_the_sandbox():
+    others = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in (1, os.getpid(), os.getppid()):
+            state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[0]
+            others.append((entry, state))
+    assert others == []
+'''
+
+
+@needs_bwrap
+async def test_a_daemon_left_by_a_passing_task_is_gone_before_the_next_task() -> None:
+    # The server only sweeps when a task left a process behind; this one does, and passes.
+    async with open_sandbox(workers=1) as sb:
+        escaped = await sb.run("x = 1\n", ESCAPER_TESTS)
+        after = await sb.run("x = 1\n", ALONE_TESTS)
+        again = await sb.run("x = 1\n", ALONE_TESTS)
+    assert escaped.passed, escaped
+    assert after.passed, after
+    assert again.passed, again
+
+
+@needs_bwrap
+async def test_pool_start_runs_a_warm_up_task_and_reports_its_phases() -> None:
+    async with open_sandbox(workers=1) as sb:
+        probe = sb.probe
+        later = await sb.run("def f(x):\n    return x\n", "from solution import f\n\ndef test_f():\n    assert f(1) == 1\n")
+    assert probe is not None and probe.passed, probe
+    for verdict in (probe, later):
+        phases = verdict.extra["phases"]
+        assert set(PHASES) <= set(phases), phases
+        assert all(phases[name] >= 0 for name in PHASES)
+        assert phases["minflt"] > 0
+
+
+def test_slow_phase_names_the_phase_that_overran() -> None:
+    quick = {"fork": 0.002, "setup": 0.001, "collection": 0.01, "run": 0.005, "coverage": 0.004,
+             "teardown": 0.001, "wait": 0.002, "cleanup": 0.0002}
+    assert slow_phase(quick, fork_s=0.002) is None
+    assert slow_phase({**quick, "cleanup": 0.6}, fork_s=0.002)[0] == "cleanup"
+    assert slow_phase({**quick, "collection": 0.3, "wait": 0.9}, fork_s=0.002)[0] == "wait"
+    # A machine whose bare fork is slow is allowed a proportionally slower fork and wait.
+    assert slow_phase({**quick, "wait": 0.05}, fork_s=0.0) is not None
+    assert slow_phase({**quick, "wait": 0.05}, fork_s=0.01) is None
+
+
+async def test_pool_start_warns_naming_the_phase_of_a_slow_warm_up_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Budgets of zero make any real warm-up task "far too slow"; the warning must name a phase.
+    monkeypatch.setattr(forkserver, "_EXPECTED_PHASE_S", dict.fromkeys(PHASES, 1e-9))
+    with capture_logs() as logs:
+        async with open_sandbox(workers=1, isolation=False):
+            pass
+    slow = [entry for entry in logs if entry["event"] == "sandbox.slow_task"]
+    assert len(slow) == 1 and slow[0]["log_level"] == "warning"
+    assert slow[0]["phase"] in PHASES and set(PHASES) <= set(slow[0]["phases_ms"])
+
+
+UNITTEST_TESTS = '''
+import unittest
+from solution import parse
+
+
+class Checks(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.text = "1,2"
+
+    def setUp(self):
+        self.expected = [1, 2]
+
+    def test_parse(self):
+        self.assertEqual(parse(self.text), self.expected)
+
+    def test_each(self):
+        for text, value in [("1", [1]), ("3,4", [3, 4]), ("5", [5])]:
+            with self.subTest(text=text):
+                self.assertEqual(parse(text), value)
+
+    def tearDown(self):
+        self.expected = None
+
+
+class TestMore(Checks):
+    def test_empty(self):
+        with self.assertRaises(ValueError):
+            parse("")
+'''
+
+
+@needs_bwrap
+async def test_unittest_testcases_pass_whatever_their_name() -> None:
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run(LEGIT_SOLUTION, UNITTEST_TESTS)
+        broken = await sb.run(LEGIT_SOLUTION.replace('text.split(",")', 'text.split(",")[:1]'), UNITTEST_TESTS)
+    assert verdict.passed, verdict
+    # pytest collects every TestCase subclass, and a subclass inherits its base's tests.
+    assert {(t.name, t.outcome) for t in verdict.tests} == {
+        ("Checks::test_parse", "passed"), ("Checks::test_each", "passed"), ("TestMore::test_parse", "passed"),
+        ("TestMore::test_each", "passed"), ("TestMore::test_empty", "passed")}
+    assert not broken.passed
+    outcomes = {t.name: t.outcome for t in broken.tests}
+    assert outcomes["Checks::test_each"] == "failed" and outcomes["Checks::test_parse"] == "failed"
+    assert outcomes["TestMore::test_empty"] == "passed"
+
+
+HANG_TESTS = '''
+import time
+from solution import spin
+
+
+def test_sleeps_past_the_cpu_limit():
+    time.sleep(1.5)          # wall time, not CPU time: the CPU limit must not cut it
+
+
+def test_hangs():
+    spin()
+
+
+def test_after_the_hang():
+    spin()
+'''
+
+
+@needs_bwrap
+async def test_per_test_cpu_limit_ends_a_hung_file_and_spares_sleeping_tests() -> None:
+    limits = Limits(wall_s=30, per_test_s=30, per_test_cpu_s=1.0, cpu_s=30)
+    async with open_sandbox(workers=1) as sb:
+        verdict = await sb.run("def spin():\n    while True:\n        pass\n", HANG_TESTS, limits)
+        fine = await sb.run("def spin():\n    return None\n", HANG_TESTS, limits)
+    assert not verdict.passed and verdict.reason == "timeout", verdict
+    outcomes = {t.name: t.outcome for t in verdict.tests}
+    assert outcomes["test_sleeps_past_the_cpu_limit"] == "passed"
+    assert outcomes["test_hangs"] == "failed" and "CPU time" in next(t.message for t in verdict.tests if t.name == "test_hangs")
+    # The first test out of time ends the file: the next one never runs (and so never waits its limit).
+    assert outcomes["test_after_the_hang"] == "missing"
+    assert fine.passed, fine

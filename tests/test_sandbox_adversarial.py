@@ -42,6 +42,94 @@ def t(body: str, header: str = "import os, sys, time\nfrom solution import add\n
     return header + "\n\ndef test_attack():\n" + textwrap.indent(textwrap.dedent(body), "    ") + "\n"
 
 
+def ut(body: str, header: str = "") -> str:
+    """A test file with one unittest.TestCase whose body is `body` (methods, hooks)."""
+    return ("import unittest\nfrom solution import add\n" + header + "\n\nclass TestAdd(unittest.TestCase):\n"
+            + textwrap.indent(textwrap.dedent(body), "    ") + "\n")
+
+
+# unittest's runner catches failures and skips itself; each must still fail the trial (issue: a skipped,
+# expected-to-fail or failing unittest test was counted as passed).
+UNITTEST_CASES = [
+    Case("unittest_skip", "def add(a, b):\n    return a - b\n", ut("""
+        @unittest.skip("not today")
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "skipped: TestAdd::test_add"),
+    Case("unittest_skip_test_call", "def add(a, b):\n    return a - b\n", ut("""
+        def test_add(self):
+            self.skipTest("later")
+            self.assertEqual(add(2, 3), 5)
+        """), "skipped"),
+    Case("unittest_skip_if_true", "def add(a, b):\n    return a - b\n", ut("""
+        @unittest.skipIf(True, "always")
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "skipped"),
+    Case("unittest_skip_class", "def add(a, b):\n    return a - b\n", ut("""
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """).replace("class TestAdd", "@unittest.skip('all')\nclass TestAdd"), "skipped"),
+    Case("unittest_expected_failure", "def add(a, b):\n    return a - b\n", ut("""
+        @unittest.expectedFailure
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "skipped"),
+    Case("unittest_unexpected_success", GOOD_SOLUTION, ut("""
+        @unittest.expectedFailure
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed"),
+    Case("unittest_failing_assert", "def add(a, b):\n    return a - b\n", ut("""
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed: TestAdd::test_add"),
+    Case("unittest_failing_setup", GOOD_SOLUTION, ut("""
+        def setUp(self):
+            raise RuntimeError("no fixture")
+
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed"),
+    Case("unittest_failing_setup_class", GOOD_SOLUTION, ut("""
+        @classmethod
+        def setUpClass(cls):
+            raise RuntimeError("no class fixture")
+
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed"),
+    Case("unittest_failing_teardown", GOOD_SOLUTION, ut("""
+        def tearDown(self):
+            raise RuntimeError("cannot clean up")
+
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed"),
+    Case("unittest_failing_teardown_class", GOOD_SOLUTION, ut("""
+        @classmethod
+        def tearDownClass(cls):
+            raise RuntimeError("cannot clean up the class")
+
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """), "failed"),
+    Case("unittest_subtest_failure", "def add(a, b):\n    return a + b if a < 2 else 0\n", ut("""
+        def test_add(self):
+            for a in range(4):
+                with self.subTest(a=a):
+                    self.assertEqual(add(a, 1), a + 1)
+        """), "failed"),
+    Case("unittest_not_named_test", "def add(a, b):\n    return a - b\n", ut("""
+        def test_add(self):
+            self.assertEqual(add(2, 3), 5)
+        """).replace("class TestAdd", "class Checks"), "failed: Checks::test_add"),
+    Case("pytest_skip_inside_test", "def add(a, b):\n    return a - b\n",
+         "import pytest as p\nfrom solution import add\n\ndef test_add():\n    getattr(p, 'sk' + 'ip')('x')\n    assert add(2, 3) == 5\n",
+         "skipped: test_add"),
+]
+
+
 def cases(host_dir: str, tcp_port: int, udp_port: int, unix_path: str) -> list[Case]:
     marker = f"{host_dir}/escaped"
     return [
@@ -199,6 +287,7 @@ def cases(host_dir: str, tcp_port: int, udp_port: int, unix_path: str) -> list[C
         Case("non_utf8", GOOD_SOLUTION + "# \udcff\n", GOOD_TESTS, "non-utf-8 solution"),
         Case("ten_mb_file", GOOD_SOLUTION + "#" + "x" * (10 << 20) + "\n", GOOD_TESTS, "solution too large"),
         Case("null_bytes", GOOD_SOLUTION + "\x00", GOOD_TESTS, "syntax error in solution"),
+        *UNITTEST_CASES,
     ]
 
 
@@ -259,6 +348,9 @@ async def test_attack_is_contained(name: str, sandbox, host) -> None:
     if case.reason is not None:
         assert not verdict.passed, verdict
         assert verdict.reason and verdict.reason.startswith(case.reason), verdict.reason
+    if name.startswith("unittest_"):
+        # Listed per test as pytest concluded, never as "passed".
+        assert verdict.tests and all(t.outcome != "passed" for t in verdict.tests), verdict.tests
     assert SECRET_VALUE not in verdict.output_tail
     assert "KODCODE_FAKE" not in verdict.output_tail.replace(f"{SECRET_NAME!r}", "")
     assert sorted(p.name for p in host["dir"].iterdir()) == ["host.sock"]

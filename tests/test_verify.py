@@ -341,3 +341,87 @@ def test_out_file_that_is_not_ours_is_refused(tmp_path: Path, capsys: pytest.Cap
     code, _, err = verify_cli(capsys, str(data), "--out", str(foreign))
     assert code == 2 and "not a kodcode.verify output" in err
     assert foreign.read_text() == '{"something": "else"}\n'
+
+
+def star_import_row(question_id: str, *, bug: bool = False) -> dict[str, Any]:
+    """A row shaped like KodCode's real trials: the tests call the function without importing it."""
+    body = "return a * b" if not bug else "return a + b"
+    return {"question_id": question_id, "solution": f"def mul(a, b):\n    {body}\n",
+            "test": "def test_mul():\n    assert mul(3, 4) == 12\n\ndef test_zero():\n    assert mul(0, 5) == 0\n",
+            "gpt_pass_sequence": [0 if bug else 1], "chosen_trial": "trial_gpt4o_0"}
+
+
+def test_kodcode_rows_run_with_the_star_import_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    heapq_row = {"question_id": "heapq", "solution": "def f():\n    return 1\n",
+                 "test": "from heapq import merge as test_merge\n\ndef test_f():\n    assert f() == 1\n",
+                 "gpt_pass_sequence": [1], "chosen_trial": "trial_gpt4o_0"}
+    data = write_jsonl(tmp_path / "kc.jsonl", [star_import_row("good"), star_import_row("bug", bug=True), heapq_row])
+
+    code, text, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "default.jsonl"))
+    assert code == 0, err
+    records = out_records(tmp_path / "default.jsonl")
+    assert records["good"]["verdict"] == "pass" and records["bug"]["verdict"] == "fail"
+    assert "test prelude: kodcode" in text
+    # pytest 9 rejects a generator named test_*; KodCode's pytest 8.3 did not: the environment differs.
+    assert records["heapq"]["reason"].startswith("pytest rules: 'yield' keyword")
+    assert "heapq: recorded pass, here fail" in text and "environment differs" in text
+    assert "1 of 3 recorded verdicts disagree" in text
+
+    code, text, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "none.jsonl"), "--test-prelude", "none",
+                                 "--json")
+    assert code == 0, err
+    records = out_records(tmp_path / "none.jsonl")
+    assert records["good"]["verdict"] == "fail" and "NameError" in json.dumps(records["good"]["tests"])
+    assert json.loads(text)["test_prelude"].startswith("none")
+
+    prelude = tmp_path / "prelude.py"
+    prelude.write_text("from solution import mul")
+    code, text, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "file.jsonl"), "--test-prelude", str(prelude))
+    assert code == 0, err
+    assert out_records(tmp_path / "file.jsonl")["good"]["verdict"] == "pass"
+    assert "test prelude: file prelude.py" in text
+
+    code, _, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "x.jsonl"), "--test-prelude", str(tmp_path / "nope"))
+    assert code == 2 and "--test-prelude" in err and "Traceback" not in err
+
+
+def test_the_pipelines_own_exports_verify_identically_under_the_kodcode_prelude(
+        fake_coder_server, run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import run_kodcode
+
+    coder, server = fake_coder_server(fail_first={"sum_of_evens": 1})
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--target", "3", "--concurrency", "4",
+                         "--mode", "split", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    export = run_dir / "out.jsonl"
+    assert run_kodcode("export", "--db", str(db), "--out", str(export)).returncode == 0
+    verdicts = {}
+    for prelude in ("kodcode", "none"):
+        out = run_dir / f"{prelude}.jsonl"
+        code, _, err = verify_cli(capsys, str(export), "--out", str(out), "--test-prelude", prelude)
+        assert code == 0, err
+        verdicts[prelude] = {rid: (r["verdict"], r["reason"]) for rid, r in out_records(out).items()}
+    assert verdicts["kodcode"] == verdicts["none"]
+    assert len(verdicts["kodcode"]) >= 3
+    assert all(verdict == ("pass", None) for verdict in verdicts["kodcode"].values()), verdicts["kodcode"]
+
+
+def test_hung_rows_end_on_the_cpu_limit_and_sleepy_rows_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hung = {"question_id": "hung", "solution": "def f():\n    while True:\n        pass\n",
+            "test": "def test_f():\n    assert f() == 1\n\ndef test_g():\n    assert f() == 1\n"}
+    sleepy = {"question_id": "sleepy", "solution": "import time\n\ndef f():\n    time.sleep(1.5)\n    return 1\n",
+              "test": "def test_f():\n    assert f() == 1\n"}
+    data = write_jsonl(tmp_path / "rows.jsonl", [hung, sleepy])
+    code, _, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "v.jsonl"), "--timeout", "20",
+                              "--test-cpu-limit", "1")
+    assert code == 0, err
+    records = out_records(tmp_path / "v.jsonl")
+    assert records["sleepy"]["verdict"] == "pass"          # 1.5 s of wall time, almost no CPU time
+    assert records["hung"]["verdict"] == "fail" and records["hung"]["reason"] == "timeout"
+    tests = {t["name"]: t for t in records["hung"]["tests"]}
+    assert "CPU time" in tests["test_f"]["message"]
+    assert tests["test_g"]["outcome"] == "missing"          # the file stopped at its first hung test
+
+    code, _, err = verify_cli(capsys, str(data), "--out", str(tmp_path / "bad.jsonl"), "--test-cpu-limit", "-1")
+    assert code == 2 and "--test-cpu-limit" in err

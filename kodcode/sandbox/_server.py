@@ -30,6 +30,7 @@ WINDOWS: CoverageWindows
 PREPARED: PreparedSession
 REPORT_CAP = 4 << 20
 PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def preimport() -> None:
@@ -81,16 +82,21 @@ class CoverageWindows:
         self.cov = coverage.Coverage(data_file=None, include=[solution_path], config_file=False)
         self.depth = 0
         self.enabled = True
+        self.spent = 0.0  # seconds inside cov.start()/cov.stop(), reported as the task's coverage phase
 
     def open(self) -> None:
         self.depth += 1
         if self.depth == 1 and self.enabled:
+            t0 = time.monotonic()
             self.cov.start()
+            self.spent += time.monotonic() - t0
 
     def close(self) -> None:
         self.depth -= 1
         if self.depth == 0 and self.enabled:
+            t0 = time.monotonic()
             self.cov.stop()
+            self.spent += time.monotonic() - t0
 
     def percent(self) -> float | None:
         if not self.enabled:
@@ -103,17 +109,32 @@ class CoverageWindows:
 
 
 class Recorder:
-    """A pytest plugin recording each test's phases from the hook calls themselves (not from reports)."""
+    """A pytest plugin recording each test's outcome from two sources that must agree on "passed".
+
+    pytest's own reports (setup, call and teardown, subtests, skips, xfail/xpass) are what pytest
+    concluded, including for unittest.TestCase tests, whose runner catches failures and skips before
+    any hook sees them. The exceptions seen passing through the phase hooks back that up for
+    pytest-style tests: code that forges reports must also get past them (and past the static screen,
+    the real defence, since code in this process can forge anything).
+    """
 
     def __init__(self, fd: int, nonce: str, per_test_s: float, windows: CoverageWindows) -> None:
         self.fd = fd
         self.nonce = nonce
         self.per_test_s = per_test_s
+        self.per_test_cpu_s: float | None = None
         self.windows = windows
         self.phases: dict[str, str | None] = {}
+        self.reports: list[tuple[str, str, bool, str]] = []  # (when, outcome, was xfail, message)
+        # (monotonic time, coverage seconds so far) at each phase boundary the child reports.
+        self.marks: dict[str, tuple[float, float]] = {}
 
-    def bind(self, fd: int, nonce: str, per_test_s: float) -> None:
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.monotonic(), self.windows.spent)
+
+    def bind(self, fd: int, nonce: str, per_test_s: float, per_test_cpu_s: float | None = None) -> None:
         self.fd, self.nonce, self.per_test_s = fd, nonce, per_test_s
+        self.per_test_cpu_s = per_test_cpu_s
 
     def emit(self, record: dict) -> None:
         record["nonce"] = self.nonce
@@ -152,12 +173,17 @@ class Recorder:
             def pytest_runtest_call(self, item):
                 plugin.windows.open()
                 signal.setitimer(signal.ITIMER_REAL, plugin.per_test_s)
+                if plugin.per_test_cpu_s:
+                    # CPU time of this process (all threads), which load does not stretch. It fires
+                    # again every half CPU second for code that catches the first one and spins on.
+                    signal.setitimer(signal.ITIMER_PROF, plugin.per_test_cpu_s, 0.5)
                 try:
                     result = yield
                 except BaseException as exc:
                     plugin.phases["call"] = describe(exc)
                     raise
                 finally:
+                    signal.setitimer(signal.ITIMER_PROF, 0)
                     signal.setitimer(signal.ITIMER_REAL, 0)
                     plugin.windows.close()
                 plugin.phases["call"] = None
@@ -172,9 +198,25 @@ class Recorder:
                 finally:
                     plugin.windows.close()
 
+            def pytest_collection_finish(self, session):
+                plugin.mark("collected")
+
+            @pytest.hookimpl(wrapper=True, tryfirst=True)
+            def pytest_runtestloop(self, session):
+                try:
+                    return (yield)
+                finally:
+                    plugin.mark("ran")
+
+            @pytest.hookimpl(tryfirst=True)
+            def pytest_runtest_logreport(self, report):
+                plugin.reports.append((report.when, report.outcome, hasattr(report, "wasxfail"),
+                                       report_message(report)))
+
             @pytest.hookimpl(wrapper=True, tryfirst=True)
             def pytest_runtest_protocol(self, item, nextitem):
                 plugin.phases = {}
+                plugin.reports = []
                 try:
                     return (yield)
                 finally:
@@ -187,22 +229,65 @@ class Recorder:
 
         config.pluginmanager.register(Phases(), "kodcode-phases")
 
-    def report_item(self, item) -> None:
+    def hook_outcome(self) -> tuple[str, str]:
         phases = self.phases
         if "call" not in phases:
-            outcome, message = "error", phases.get("setup") or "test did not run"
-        elif phases.get("setup") or phases.get("teardown"):
-            outcome, message = "error", phases.get("setup") or phases.get("teardown")
-        elif phases["call"]:
-            outcome, message = "failed", phases["call"]
-        else:
-            outcome, message = "passed", ""
+            return "error", phases.get("setup") or "test did not run"
+        if phases.get("setup") or phases.get("teardown"):
+            return "error", phases.get("setup") or phases.get("teardown") or ""
+        if phases["call"]:
+            return "failed", phases["call"]
+        return "passed", ""
+
+    def report_outcome(self) -> tuple[str, str]:
+        """What pytest's reports for this test say: any failed report (a subtest's too) fails it."""
+        reports = self.reports
+        for when, outcome, _, message in reports:
+            if outcome == "failed":
+                # The hook saw the exception itself (PerTestTimeout, MemoryError): its text is the exact one.
+                return ("failed" if when == "call" else "error"), self.phases.get(when) or message
+        calls = [r for r in reports if r[0] == "call"]
+        if any(outcome == "skipped" and xfail for _, outcome, xfail, _ in calls):
+            return "xfailed", next(m for _, o, x, m in calls if o == "skipped" and x)
+        if any(outcome == "passed" and xfail for _, outcome, xfail, _ in calls):
+            return "xpassed", "unexpectedly passed"
+        for when, outcome, _, message in reports:
+            if outcome == "skipped":
+                return "skipped", message
+        setups = [r for r in reports if r[0] == "setup"]
+        teardowns = [r for r in reports if r[0] == "teardown"]
+        if not setups or not calls or not teardowns:
+            return "error", "pytest reported no " + ("setup" if not setups else "call" if not calls else "teardown")
+        return "passed", ""
+
+    def report_item(self, item) -> None:
+        outcome, message = self.report_outcome()
+        if outcome == "passed":
+            outcome, message = self.hook_outcome()
+        if "PerTestTimeout" in message:
+            # The verdict is a timeout already; a hung solution would hang the remaining tests too,
+            # each costing a full limit, so the session stops here and frees the server sooner.
+            item.session.shouldstop = "a test ran out of time"
         cls = item.cls.__name__ if getattr(item, "cls", None) is not None else None
         func = getattr(item, "originalname", None) or item.name
         self.emit({
             "t": "test", "name": item.name, "func": f"{cls}::{func}" if cls else func,
             "item": f"{cls}::{item.name}" if cls else item.name, "outcome": outcome, "msg": message or "",
         })
+
+
+def report_message(report) -> str:
+    """A report's failure or skip reason in a line (pytest's own crash line, or the skip reason)."""
+    longrepr = report.longrepr
+    if longrepr is None:
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, line, reason)
+        return str(longrepr[2])[:300]
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return str(crash.message).strip().splitlines()[-1][:300] if str(crash.message).strip() else ""
+    lines = str(longrepr).strip().splitlines()
+    return lines[-1][:300] if lines else ""
 
 
 def describe(exc: BaseException) -> str:
@@ -231,7 +316,14 @@ def on_alarm(signum, frame):
     raise PerTestTimeout("per-test timeout")
 
 
-def child_main(req: dict, report_fd: int, out_fd: int) -> None:
+def on_cpu_limit(signum, frame):
+    raise PerTestTimeout("per-test CPU time limit")
+
+
+def child_main(req: dict, report_fd: int, out_fd: int, forked_at: float) -> None:
+    recorder = PREPARED.recorder
+    recorder.mark("started")
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # the server blocks SIGCHLD (see main); tests get none blocked
     limits = req["limits"]
     os.setsid()
     mb = 1 << 20
@@ -247,6 +339,7 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
         resource.setrlimit(res, (value, hard))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGPROF, on_cpu_limit)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
     workdir = f"{SCRATCH_DIRS[0]}/task"
@@ -270,10 +363,39 @@ def child_main(req: dict, report_fd: int, out_fd: int) -> None:
 
     # Nobody reads a mutant's coverage; tracing it would slow every line the tests run.
     WINDOWS.enabled = bool(limits.get("coverage", True))
-    PREPARED.recorder.bind(3, req["nonce"], float(limits["per_test_s"]))
+    cpu_limit = limits.get("per_test_cpu_s")
+    recorder.bind(3, req["nonce"], float(limits["per_test_s"]), float(cpu_limit) if cpu_limit else None)
+    recorder.mark("setup")
     exit_code = PREPARED.run()
-    PREPARED.recorder.emit({"t": "end", "exit": int(exit_code), "coverage": WINDOWS.percent()})
+    recorder.mark("finished")
+    coverage = WINDOWS.percent()
+    recorder.mark("measured")
     sys.stdout.flush()
+    recorder.emit({"t": "end", "exit": int(exit_code), "coverage": coverage,
+                   "phases": child_phases(recorder.marks, forked_at)})
+
+
+def child_phases(marks: dict[str, tuple[float, float]], forked_at: float) -> dict[str, float]:
+    """Seconds per phase of this child, from fork to its last record; coverage work is its own phase.
+
+    A phase the run never reached (collection failed, say) counts as zero; `t_end` lets the server
+    add how long the child then took to exit.
+    """
+    now = time.monotonic()
+    started = marks["started"][0]
+    order = ["setup", "collected", "ran", "finished"]
+    phases = {"fork": started - forked_at}
+    prev_t, prev_cov = marks["started"]
+    cov_at_start = prev_cov
+    for name, label in zip(order, ("setup", "collection", "run", "teardown")):
+        t, cov = marks.get(name, (prev_t, prev_cov))
+        phases[label] = max(0.0, (t - prev_t) - (cov - prev_cov))
+        prev_t, prev_cov = t, cov
+    measured_t = marks.get("measured", (prev_t, prev_cov))[0]
+    phases["coverage"] = (prev_cov - cov_at_start) + (measured_t - prev_t)
+    phases["teardown"] += max(0.0, now - measured_t)  # flushing output, writing this record
+    phases["t_end"] = now
+    return phases
 
 
 def write_task_files(solution: str, tests: str) -> None:
@@ -503,7 +625,7 @@ def wipe_scratch() -> None:
 
 
 def survivors() -> list[int]:
-    """Live processes in the sandbox besides its init and this server (zombies await init's reaping)."""
+    """Live processes in the sandbox besides its init and this server (zombies await reaping)."""
     me = os.getpid()
     alive = []
     for entry in os.listdir("/proc"):
@@ -518,21 +640,43 @@ def survivors() -> list[int]:
     return alive
 
 
+def reap_all() -> bool:
+    """Reap every child that has exited; True once this server has no children left at all."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
+    except ChildProcessError:
+        return True
+    return False
+
+
 def kill_everything_else(grace_s: float = 3.0) -> int:
-    """SIGKILL every other process of ours in the sandbox and wait until they are gone; returns how many remain."""
+    """Kill whatever the task left running in the sandbox and wait until it is gone; returns how many remain.
+
+    The server is the sandbox's child subreaper (see main), so every process a task started, whatever
+    it did (setsid, double fork), is this server's child or a descendant of one, alive or a zombie.
+    After the task's child is reaped, no children left means nothing escaped: one waitpid call, no
+    kill(-1) and no /proc walk. Otherwise kill(-1) reaches them all and the server reaps each as
+    SIGCHLD reports it (blocked in the server, so sigtimedwait cannot miss one), never polling.
+    """
     if not ISOLATED:
         return 0  # outside a pid namespace kill(-1) would reach the host's processes
+    if reap_all():
+        return 0
     deadline = time.monotonic() + grace_s
     while True:
-        # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1.
+        # kill(-1) reaches every process this uid may signal except ourselves and the sandbox's pid 1;
+        # repeated each round for one that was being forked while the previous round ran.
         try:
             os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        left = survivors()
-        if not left or time.monotonic() > deadline:
-            return len(left)
-        time.sleep(0.005)
+        if reap_all():
+            return 0
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return max(1, len(survivors()))
+        signal.sigtimedwait([signal.SIGCHLD], min(remaining, 0.1))
 
 
 def run_task(req: dict) -> dict:
@@ -545,7 +689,7 @@ def run_task(req: dict) -> dict:
         try:
             os.close(report_r)
             os.close(out_r)
-            child_main(req, report_w, out_w)
+            child_main(req, report_w, out_w, started)
             os._exit(0)
         except BaseException:
             os._exit(70)
@@ -592,7 +736,8 @@ def run_task(req: dict) -> dict:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
+    reaped = time.monotonic()
     remaining = kill_everything_else()
     elapsed = time.monotonic() - started
     # Every writer is dead now, so the pipes end in EOF.
@@ -604,6 +749,10 @@ def run_task(req: dict) -> dict:
     wipe_scratch()
     return {
         "id": req["id"],
+        # For the per-phase breakdown (see child_phases): when the child was reaped, when the server
+        # was ready for the next task, and the child's page faults (costly on some VMs).
+        "timing": {"started": started, "reaped": reaped, "cleaned": time.monotonic(),
+                   "minflt": usage.ru_minflt, "majflt": usage.ru_majflt},
         "dirty": os.path.lexists(f"{SCRATCH_DIRS[0]}/task"),  # the next task could not start clean
         "timed_out": timed_out,
         "exit_code": os.waitstatus_to_exitcode(status),
@@ -615,6 +764,19 @@ def run_task(req: dict) -> dict:
     }
 
 
+def bare_fork_s() -> float:
+    """This machine's cost of fork + exit + wait for this very process (the floor under every task)."""
+    costs = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        costs.append(time.monotonic() - t0)
+    return sorted(costs)[1]
+
+
 def main() -> None:
     global ISOLATED, WINDOWS, PREPARED
     uid, gid = int(sys.argv[1]), int(sys.argv[2])
@@ -622,6 +784,12 @@ def main() -> None:
     ISOLATED = sys.argv[4] == "1"
     if ISOLATED:
         SCRATCH_DIRS.append("/dev/shm")
+        # Orphans of a task (daemons, double forks) become this server's children rather than the
+        # sandbox init's, so the server knows by one waitpid whether anything outlived a task, and
+        # SIGCHLD, blocked here and taken with sigtimedwait, tells it when each is gone.
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            raise RuntimeError(f"cannot become a child subreaper: {os.strerror(ctypes.get_errno())}")
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     preimport()
     drop_privileges(uid, gid)
     os.environ.pop("PYTEST_ADDOPTS", None)
@@ -639,7 +807,7 @@ def main() -> None:
     gc.freeze()  # shared copy-on-write by every child; the child's collector skips it
     requests = sys.stdin.buffer
     answers = sys.stdout.buffer
-    answers.write(json.dumps({"ready": True, "uid": os.getuid()}).encode() + b"\n")
+    answers.write(json.dumps({"ready": True, "uid": os.getuid(), "fork_s": bare_fork_s()}).encode() + b"\n")
     answers.flush()
     for line in requests:
         req = json.loads(line)

@@ -12,6 +12,10 @@ __all__ = ["Limits", "Sandbox", "TestOutcome", "Verdict"]
 class Limits:
     wall_s: float = 10.0          # whole test file, wall clock
     per_test_s: float = 5.0       # one test, wall clock
+    per_test_cpu_s: float | None = None  # one test's CPU time (all its threads); None: no such limit.
+                                   # Load does not stretch CPU time, so it can sit far below a wall limit
+                                   # and still never cut a slow legitimate test; the first test that
+                                   # runs out of either limit also ends its file (the verdict is a timeout).
     cpu_s: int = 10
     memory_mb: int = 1024         # address space
     fsize_mb: int = 10
@@ -26,7 +30,8 @@ class Limits:
 @dataclass(frozen=True)
 class TestOutcome:
     name: str                      # pytest node name, e.g. "test_add" or "test_add[1-2]"
-    outcome: str                   # passed | failed | error | skipped | missing
+    outcome: str                   # passed | failed | error | skipped | xfailed | xpassed | missing,
+                                   # as pytest's reports concluded (unittest.TestCase tests included)
     message: str = ""              # short failure text (last line of the assertion), capped
 
     __test__ = False               # not a pytest test class, despite the name
@@ -36,7 +41,7 @@ class TestOutcome:
 class Verdict:
     passed: bool                   # every expected test reported passed, sentinel seen, clean exit
     reason: str | None             # None when passed; else a short machine-friendly reason, e.g.
-                                   # "failed: test_a, test_b", "timeout", "tampering: os._exit",
+                                   # "failed: test_a, test_b", "skipped: test_c", "timeout", "tampering: os._exit",
                                    # "collection error: ...", "no tests", "syntax error in solution"
     tests: tuple[TestOutcome, ...] = ()
     coverage: float | None = None  # percent of solution.py lines covered, 0..100

@@ -29,19 +29,44 @@ from kodcode.errors import SandboxError
 from kodcode.sandbox.base import Limits, Verdict
 from kodcode.sandbox.bwrap import BWRAP_ENV, bwrap_argv, bwrap_unavailable_reason
 from kodcode.sandbox.screen import screen
-from kodcode.sandbox.verdict import decide
+from kodcode.sandbox.uids import process_uid_range
+from kodcode.sandbox.verdict import PHASES, decide
 
-__all__ = ["ForkServer", "ForkServerSandbox"]
+__all__ = ["ForkServer", "ForkServerSandbox", "slow_phase"]
 
 _SERVER_SOURCE = (Path(__file__).parent / "_server.py").read_text(encoding="utf-8")
 _START_TIMEOUT_S = 60.0
 _ANSWER_MARGIN_S = 15.0   # the server enforces wall_s itself; this covers its kill and cleanup
 _ANSWER_CAP = 16 << 20
 _CLOSE_GRACE_S = 2.0
-# Each root-started server drops to its own uid, so RLIMIT_NPROC counts only that server's processes.
-_UID_BASE = 0x6B6F0000
+# Each root-started server drops to its own uid, so RLIMIT_NPROC counts only that server's processes;
+# the uids come from this process's claimed range, disjoint from other kodcode processes' (see uids).
 _uid_counter = itertools.count()
 _log = structlog.get_logger("kodcode.sandbox")
+
+# What one tiny task may cost per phase before the pool start check calls it far too slow: about ten
+# times what a 2-core VM takes (whole task ~15-40 ms), so only a machine-level problem trips it. fork
+# and wait scale with the machine's own bare fork + exit (measured by each server at start).
+_EXPECTED_PHASE_S = {"fork": 0.01, "setup": 0.02, "collection": 0.15, "run": 0.05, "coverage": 0.06,
+                     "teardown": 0.03, "wait": 0.02, "cleanup": 0.02}
+_FORK_SCALED = {"fork": 10.0, "wait": 10.0, "cleanup": 2.0}
+_PROBE_SOLUTION = "def double(x):\n    return 2 * x\n"
+_PROBE_TESTS = ("import pytest\nfrom solution import double\n\n\n"
+                "@pytest.mark.parametrize('x', [0, 1, 2])\ndef test_double(x):\n    assert double(x) == x + x\n")
+
+
+def slow_phase(phases: dict[str, float], fork_s: float = 0.0) -> tuple[str, float, float] | None:
+    """The phase of one warm-up task that took far longer than expected, as (name, seconds, expected
+    seconds); the worst by ratio, or None when every phase is within its budget."""
+    worst: tuple[float, str, float, float] | None = None
+    for name in PHASES:
+        if name not in phases:
+            continue
+        expected = _EXPECTED_PHASE_S[name] + _FORK_SCALED.get(name, 0.0) * fork_s
+        ratio = phases[name] / expected
+        if ratio > 1.0 and (worst is None or ratio > worst[0]):
+            worst = (ratio, name, phases[name], expected)
+    return None if worst is None else worst[1:]
 
 
 class ForkServer:
@@ -54,6 +79,7 @@ class ForkServer:
         assert process.stdout is not None
         self._answers = BufferedByteReceiveStream(process.stdout)
         self.tasks_done = 0
+        self.fork_s = 0.0   # the server's bare fork + exit + wait, measured when it started
 
     @classmethod
     async def start(cls, *, isolation: bool, tmpfs_mb: int) -> ForkServer:
@@ -61,7 +87,7 @@ class ForkServer:
         scratch: str | None = None
         if isolation:
             privileged = os.geteuid() == 0
-            uid = _UID_BASE + next(_uid_counter) % 0x10000 if privileged else os.getuid()
+            uid = process_uid_range().uid(next(_uid_counter)) if privileged else os.getuid()
             gid = uid if privileged else os.getgid()
             argv = [*bwrap_argv(tmpfs_mb=tmpfs_mb, privileged=privileged), sys.executable, "-I", "-c",
                     _SERVER_SOURCE, str(uid), str(gid), "/tmp", "1"]
@@ -79,6 +105,8 @@ class ForkServer:
                 hello = json.loads(await server._answers.receive_until(b"\n", 4096))
             if not hello.get("ready"):
                 raise SandboxError("fork server did not report ready")
+            if isinstance(hello.get("fork_s"), (int, float)):
+                server.fork_s = float(hello["fork_s"])
         except BaseException as exc:
             detail = server.stderr_tail()
             await server.aclose()
@@ -178,6 +206,7 @@ class ForkServerSandbox:
         self._servers: set[ForkServer] = set()
         self._ids = itertools.count(1)
         self._closed = False
+        self.probe: Verdict | None = None   # the warm-up task run by start(), for its phases
 
     async def __aenter__(self) -> ForkServerSandbox:
         await self.start()
@@ -204,6 +233,34 @@ class ForkServerSandbox:
         finally:
             for slot in slots:
                 self._send.send_nowait(slot)
+        await self._check_speed(max((s.fork_s for s in slots if s is not None), default=0.0))
+
+    async def _check_speed(self, fork_s: float, probes: int = 3) -> None:
+        """Run a tiny trusted task a few times and warn, naming the phase, when it costs far more than expected.
+
+        A machine where forked children fault slowly, or waiting wakes late, shows it here once
+        instead of as a quietly slow run; the phases say where to look. Each phase counts at its
+        fastest over the runs, so one preemption on a busy machine does not raise the alarm.
+        """
+        best: dict[str, float] = {}
+        for _ in range(probes):
+            self.probe = verdict = await self.run(_PROBE_SOLUTION, _PROBE_TESTS)
+            if not verdict.passed:
+                _log.warning("sandbox.probe_failed", reason=verdict.reason, output=verdict.output_tail[-300:])
+                return
+            for name, value in verdict.extra.get("phases", {}).items():
+                best[name] = min(value, best.get(name, value))
+        slow = slow_phase(best, fork_s)
+        if slow is not None:
+            name, took, expected = slow
+            load = os.getloadavg()[0]
+            _log.warning("sandbox.slow_task", phase=name, ms=round(took * 1000, 1),
+                         expected_ms=round(expected * 1000, 1), fork_ms=round(fork_s * 1000, 2),
+                         phases_ms={k: round(v * 1000, 1) for k, v in best.items() if k in PHASES},
+                         page_faults=int(best.get("minflt", 0)), load=round(load, 2), cpus=os.cpu_count(),
+                         detail=f"a warm-up task spent {took * 1000:.0f} ms in {name} at best of {probes} "
+                                f"(expected under {expected * 1000:.0f} ms; load average {load:.1f} on "
+                                f"{os.cpu_count()} CPUs); verification will be slow here")
 
     async def _spawn(self) -> ForkServer:
         server = await ForkServer.start(isolation=self.isolation, tmpfs_mb=self.limits.tmpfs_mb)

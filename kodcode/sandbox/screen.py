@@ -119,21 +119,87 @@ def _is_fixture(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return False
 
 
+_TESTCASE_BASES = {"TestCase", "IsolatedAsyncioTestCase", "unittest.TestCase", "unittest.IsolatedAsyncioTestCase"}
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return ""
+
+
+def _own_test_flag(cls: ast.ClassDef) -> bool | None:
+    """The class body's own `__test__ = <constant>`, or None when it sets none."""
+    flag = None
+    for node in cls.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__test__" for t in node.targets):
+            flag = bool(node.value.value) if isinstance(node.value, ast.Constant) else True
+    return flag
+
+
 def expected_tests(tree: ast.Module) -> tuple[str, ...]:
-    """Module-level test_* functions and test_* methods of Test* classes, as pytest collects them."""
+    """The tests pytest (default python_functions/python_classes) collects from this module.
+
+    Module-level `test*` functions; `test*` methods (own and inherited from classes of this file) of
+    `Test*` classes without `__init__`; and every unittest.TestCase subclass whatever its name, with
+    the `test*` methods unittest's loader finds. Names are "test_x" or "Class::test_x".
+    """
     found: dict[str, None] = {}
+    classes: dict[str, ast.ClassDef] = {}
+    testcases: set[str] = set()
+
+    def test_flag(cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> bool:
+        """`__test__` as the class would inherit it from classes of this file (pytest skips False)."""
+        own = _own_test_flag(cls)
+        if own is not None:
+            return own
+        for base in cls.bases:
+            local = classes.get(_dotted(base))
+            if local is not None and local.name not in seen and not test_flag(local, seen | {cls.name}):
+                return False
+        return True
+
+    def methods(cls: ast.ClassDef, seen: frozenset[str] = frozenset()) -> dict[str, bool]:
+        """Method name -> is a test, base classes first so the class's own definitions win."""
+        names: dict[str, bool] = {}
+        for base in cls.bases:
+            local = classes.get(_dotted(base))
+            if local is not None and local.name not in seen:
+                names.update(methods(local, seen | {cls.name}))
+        for member in cls.body:
+            if isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names[member.name] = member.name.startswith("test") and not _is_fixture(member)
+            elif isinstance(member, ast.Assign):
+                for target in member.targets:
+                    if isinstance(target, ast.Name):
+                        names[target.id] = False
+        return names
+
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.pop(node.name, None)
             if node.name.startswith("test") and not _is_fixture(node):
                 found[node.name] = None
-        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
-            has_init = any(isinstance(n, ast.FunctionDef) and n.name == "__init__" for n in node.body)
-            if has_init:
+        elif isinstance(node, ast.ClassDef):
+            for key in [k for k in found if k.startswith(f"{node.name}::")]:
+                del found[key]   # a later class of the same name replaces the earlier one
+            classes[node.name] = node
+            bases = {_dotted(b) for b in node.bases}
+            is_testcase = bool(bases & _TESTCASE_BASES) or bool(bases & testcases)
+            if is_testcase:
+                testcases.add(node.name)
+            else:
+                testcases.discard(node.name)
+            if not test_flag(node):
                 continue
-            for member in node.body:
-                if (isinstance(member, (ast.FunctionDef, ast.AsyncFunctionDef))
-                        and member.name.startswith("test") and not _is_fixture(member)):
-                    found[f"{node.name}::{member.name}"] = None
+            members = methods(node)
+            if not is_testcase and (not node.name.startswith("Test") or "__init__" in members):
+                continue
+            for name, is_test in members.items():
+                if is_test:
+                    found[f"{node.name}::{name}"] = None
         elif isinstance(node, ast.Assign):
             # `test_x = something` rebinds a name pytest would otherwise have collected.
             for target in node.targets:

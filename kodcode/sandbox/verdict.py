@@ -8,7 +8,13 @@ import signal
 
 from kodcode.sandbox.base import TestOutcome, Verdict
 
-__all__ = ["decide"]
+__all__ = ["PHASES", "decide", "task_phases"]
+
+# Where one task's time goes, in order: fork (server forks until the child runs), setup (limits, task
+# files, fds), collection (importing the tests and solution), run (the tests), coverage (starting,
+# stopping and measuring it), teardown (ending the pytest session, the last record), wait (the child's
+# exit until it is reaped) and cleanup (the server's sweep of leftover processes and files).
+PHASES = ("fork", "setup", "collection", "run", "coverage", "teardown", "wait", "cleanup")
 
 _MISSING_MODULE = re.compile(r"No module named '([\w.]+)'")
 _MAX_LISTED = 5
@@ -26,8 +32,29 @@ def _parse_records(report: str, nonce: str) -> list[dict]:
     return records
 
 
+_NOT_RUN = ("skipped", "xfailed")
+# Rules of pytest itself that changed between versions: a row that trips one was written for another
+# pytest (KodCode used 8.3), so "environment differs" rather than "the row is wrong". pytest 9 rejects
+# a generator named test_* (even one imported: `from heapq import merge as test_merge`), which 8.x
+# skipped; async tests without a plugin fail since 8.4 and were skipped before.
+_PYTEST_RULES = ("'yield' keyword is allowed in fixtures, but not in tests", "yield tests were removed",
+                 "async def functions are not natively supported")
+
+
+def _pytest_rule(text: str) -> str | None:
+    return next((rule for rule in _PYTEST_RULES if rule in text), None)
+
+
 def _failure_reason(bad: list[TestOutcome]) -> str:
+    if all(t.outcome in _NOT_RUN for t in bad):
+        # Skipped or expected to fail: pytest's rc would be 0, but the test never showed it passes.
+        names = list(dict.fromkeys(t.name.split("[")[0] for t in bad))
+        return f"skipped: {', '.join(names[:_MAX_LISTED])}" + (", ..." if len(names) > _MAX_LISTED else "")
+    bad = [t for t in bad if t.outcome not in _NOT_RUN]
     messages = " ".join(t.message for t in bad)
+    rules = {_pytest_rule(t.message) for t in bad}
+    if None not in rules:
+        return f"pytest rules: {sorted(rules)[0]}"
     if "MemoryError" in messages:
         return "memory"
     if all("PerTestTimeout" in t.message for t in bad):
@@ -44,6 +71,37 @@ def _crash_reason(exit_code: int) -> str:
     if exit_code == -signal.SIGXCPU:
         return "timeout"
     return "crashed"
+
+
+def task_phases(answer: dict, end: dict | None) -> dict[str, float]:
+    """Seconds per phase (see PHASES), plus the child's minor page faults as `minflt`.
+
+    The child's own phases come from its end record: the child could forge them, so they are for
+    diagnosis only and never feed a verdict. A child that sent no end record shows only wait and cleanup.
+    """
+    timing = answer.get("timing")
+    if not isinstance(timing, dict):
+        return {}
+    try:
+        started, reaped, cleaned = (float(timing[k]) for k in ("started", "reaped", "cleaned"))
+    except (KeyError, TypeError, ValueError):
+        return {}
+    phases: dict[str, float] = {}
+    child = end.get("phases") if end else None
+    last = started
+    if isinstance(child, dict):
+        for name in PHASES[:6]:
+            value = child.get(name)
+            if isinstance(value, (int, float)) and value >= 0:
+                phases[name] = float(value)
+        t_end = child.get("t_end")
+        if isinstance(t_end, (int, float)) and started <= t_end <= reaped:
+            last = float(t_end)
+    phases["wait"] = reaped - last
+    phases["cleanup"] = cleaned - reaped
+    if isinstance(timing.get("minflt"), int):
+        phases["minflt"] = float(timing["minflt"])
+    return phases
 
 
 def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
@@ -70,7 +128,8 @@ def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
     def verdict(passed: bool, reason: str | None) -> Verdict:
         return Verdict(passed=passed, reason=reason, tests=tuple(outcomes), coverage=coverage,
                        duration_s=duration, output_tail=tail,
-                       extra={"survivors": int(answer.get("survivors", 0))})
+                       extra={"survivors": int(answer.get("survivors", 0)),
+                              "phases": task_phases(answer, ends[-1] if ends else None)})
 
     if answer.get("timed_out"):
         return verdict(False, "timeout")
@@ -82,6 +141,9 @@ def decide(expected: tuple[str, ...], answer: dict, nonce: str) -> Verdict:
             return verdict(False, f"missing module: {missing.group(1).split('.')[0]}")
         if "MemoryError" in text:
             return verdict(False, "memory")
+        last = (text.strip().splitlines() or ["unknown"])[-1].strip()
+        if _pytest_rule(text) is not None:
+            return verdict(False, f"pytest rules: {last[:200]}")
         last = (text.strip().splitlines() or ["unknown"])[-1].strip()
         return verdict(False, f"collection error: {last[:200]}")
     exit_code = int(answer.get("exit_code", -1))
