@@ -120,7 +120,8 @@ async def _run(config: Config, db_path: Path, live: bool) -> RunSummary:
         stack.push_async_callback(llm.aclose)
         sandbox = await stack.enter_async_context(open_sandbox(
             workers=config.sandbox.workers, isolation=config.sandbox.isolation,
-            limits=Limits(wall_s=config.sandbox.timeout_s)))
+            limits=Limits(wall_s=config.sandbox.timeout_s),
+            backend=config.sandbox.backend, ray_address=config.sandbox.ray_address))
         gate = await build_gate(records)
         run_id = await records.start_run({**config.model_dump(mode="json"), "models": models, "prompts": prompt_hashes})
         structlog.contextvars.bind_contextvars(run_id=run_id)
