@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import ipaddress
+import itertools
 import os
 import secrets
 import time
@@ -107,6 +108,7 @@ class _Worker:
     slots: int
     free: int
     alive: bool = True
+    last_used: int = 0       # ticket of the latest task given to it; ties in free slots go to the oldest
 
 
 class RaySandbox:
@@ -133,7 +135,8 @@ class RaySandbox:
         self._ray: Any = None
         self._owns_connection = False
         self._token = secrets.token_hex(4)
-        self._names = iter(range(1 << 30))
+        self._names = itertools.count()
+        self._tickets = itertools.count(1)
         self._workers: list[_Worker] = []
         self._replacing: set[str] = set()    # nodes whose replacement actor is starting
         self._changed = anyio.Event()
@@ -226,9 +229,11 @@ class RaySandbox:
             if self._closed:
                 raise SandboxError("sandbox is closed")
             live = [w for w in self._workers if w.alive]
-            best = max(live, key=lambda w: w.free, default=None)
+            # Most free slots first; among equals the least recently used, so light load spreads too.
+            best = max(live, key=lambda w: (w.free, -w.last_used), default=None)
             if best is not None and best.free > 0:
                 best.free -= 1
+                best.last_used = next(self._tickets)
                 return best
             if not live and not self._replacing:
                 raise SandboxError("no sandbox worker is left on the Ray cluster")
