@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -85,9 +86,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     temp_dir = tempfile.mkdtemp(prefix="kc-ray-")
     logs = tmp_path_factory.mktemp("ray")
     address = f"127.0.0.1:{_free_port()}"
-    processes = [_start_node(["--head", "--port", address.rsplit(":", 1)[1], "--include-dashboard=false",
-                              "--temp-dir", temp_dir], temp_dir, logs / "head.log")]
+    env = pytest.MonkeyPatch()
+    # Token auth with a token in the environment, which the nodes, this driver and the drivers started by
+    # tests all inherit; a token file some earlier local cluster left in ~/.ray then plays no part.
+    env.setenv("RAY_AUTH_MODE", "token")
+    env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    processes: list[subprocess.Popen[bytes]] = []
     try:
+        processes.append(_start_node(["--head", "--port", address.rsplit(":", 1)[1], "--include-dashboard=false",
+                                      "--temp-dir", temp_dir], temp_dir, logs / "head.log"))
         processes.append(_start_node(["--address", address], temp_dir, logs / "node.log"))
         from kodcode.sandbox.ray_cluster import _import_ray
 
@@ -101,6 +108,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ray.shutdown()
     finally:
         _stop_nodes(processes)
+        env.undo()
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 

@@ -69,6 +69,12 @@ def _import_ray(address: str | None) -> Any:
     # address is not loopback and is left alone.
     if _is_loopback(address):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if address == "local":
+        # A new local cluster turns on token auth and, with no token given, writes one to ~/.ray/auth_token,
+        # which then switches every later `ray start` on this machine to token auth. A token of this run's
+        # own, passed down in the environment, authenticates the private cluster without leaving one behind.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     try:
         import ray
     except ImportError as exc:
