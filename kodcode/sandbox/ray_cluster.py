@@ -38,6 +38,8 @@ __all__ = ["ACTOR_PREFIX", "RaySandbox", "SandboxWorker", "ray_unavailable_reaso
 ACTOR_PREFIX = "kodcode-sandbox-"
 _READY_TIMEOUT_S = 120.0       # an actor must start its fork servers within this (bwrap + pytest import)
 _CLOSE_TIMEOUT_S = 5.0         # then actors are killed without waiting for their fork servers' clean exit
+# Beyond a task's wall_s: the fork server's answer margin (15 s), a respawn of it (up to 60 s), and slack.
+_STUCK_MARGIN_S = 120.0
 _LOCAL_OBJECT_STORE_BYTES = 80 * 1024 * 1024   # verdicts are small; Ray's default takes 30% of the RAM
 _log = structlog.get_logger("kodcode.sandbox.ray")
 
@@ -255,14 +257,15 @@ class RaySandbox:
         for _attempt in range(self.max_attempts):
             worker = await self._acquire()
             ref = worker.handle.run.remote(solution, tests, limits)
+            verdict: Verdict | None = None
+            lost = "stuck"
             try:
-                verdict: Verdict = await ref
+                # The task started on a free slot, so it ends within the fork server's own limits; past
+                # this the actor or its node is stuck (e.g. cut off without being declared dead).
+                with anyio.move_on_after(limits.wall_s + _STUCK_MARGIN_S):
+                    verdict = await ref
             except self._lost_errors as exc:
-                self._release(worker)
-                self.tasks_lost += 1
-                _log.warning("sandbox.ray.task_lost", actor=worker.name, error=type(exc).__name__)
-                await self._replace(worker)
-                continue
+                lost = type(exc).__name__
             except self._ray.exceptions.RayTaskError as exc:
                 self._release(worker)
                 # The actor's sandbox raised (e.g. a fork server that cannot start): the same SandboxError
@@ -271,12 +274,15 @@ class RaySandbox:
             except BaseException:
                 # Cancelled (a deadline or shutdown): stop the remote run too, so it frees its fork server.
                 self._release(worker)
-                try:
-                    self._ray.cancel(ref)
-                except Exception:  # noqa: BLE001 - the run is being abandoned either way
-                    pass
+                _cancel_quietly(self._ray, ref)
                 raise
             self._release(worker)
+            if verdict is None:
+                _cancel_quietly(self._ray, ref)
+                self.tasks_lost += 1
+                _log.warning("sandbox.ray.task_lost", actor=worker.name, error=lost)
+                await self._replace(worker)
+                continue
             extra = {**verdict.extra, "ray_node": worker.node_id[:12], "sandbox_s": verdict.duration_s}
             return dataclasses.replace(verdict, duration_s=time.monotonic() - started, extra=extra)
         raise SandboxError(f"a sandbox task was lost {self.max_attempts} times on the Ray cluster")
@@ -322,6 +328,13 @@ class RaySandbox:
             self._workers = []
             if self._owns_connection:
                 await anyio.to_thread.run_sync(ray.shutdown)
+
+
+def _cancel_quietly(ray: Any, ref: Any) -> None:
+    try:
+        ray.cancel(ref)
+    except Exception:  # noqa: BLE001 - the run is abandoned either way; its actor may be gone already
+        pass
 
 
 def _wait_quietly(ray: Any, refs: list[Any], timeout_s: float) -> None:
