@@ -56,7 +56,9 @@ def _start_node(args: list[str], temp_dir: str, log: Path) -> subprocess.Popen[b
          "--num-cpus", str(_NODE_CPUS), "--object-store-memory", str(_OBJECT_STORE_BYTES),
          "--disable-usage-stats", *args],
         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "RAY_TMPDIR": temp_dir})
+        # The wrapper keeps the node on loopback; the switch this driver set for that (RaySandbox does)
+        # would refuse a node that joins a cluster.
+        env={**os.environ, "RAY_TMPDIR": temp_dir, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"})
     deadline = time.monotonic() + _START_TIMEOUT_S
     while "Ray runtime started" not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -80,10 +82,17 @@ def _stop_nodes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A head plus a second node on 127.0.0.1, dashboard off; yields the GCS address, connected as a driver."""
-    # A short temp dir: Ray's socket paths must fit in 107 bytes.
+def ray_temp_dir() -> Iterator[str]:
+    # A short path: Ray's socket paths must fit in 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="kc-ray-")
+    yield temp_dir
+    subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory, ray_temp_dir: str) -> Iterator[str]:
+    """A head plus a second node on 127.0.0.1, dashboard off; yields the GCS address, connected as a driver."""
+    temp_dir = ray_temp_dir
     logs = tmp_path_factory.mktemp("ray")
     address = f"127.0.0.1:{_free_port()}"
     env = pytest.MonkeyPatch()
@@ -109,7 +118,6 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         _stop_nodes(processes)
         env.undo()
-        subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
 def _kodcode_actors() -> list[str]:
@@ -208,6 +216,42 @@ async def test_killing_a_worker_actor_mid_run_loses_no_task(ray_cluster: str) ->
     assert sb.tasks_lost > 0
     # The node lives, so a replacement actor took the dead one's place.
     assert victim not in replaced and len(replaced) == 2 and workers_after == 2 * (_NODE_CPUS + 1)
+    assert _wait_no_kodcode_actor() == []
+
+
+async def test_a_node_dying_mid_run_loses_no_task(ray_cluster: str, ray_temp_dir: str,
+                                                 tmp_path: Path) -> None:
+    import ray
+
+    # A third node for this test alone, so the session's two stay up for the others.
+    extra = _start_node(["--address", ray_cluster], ray_temp_dir, tmp_path / "extra.log")
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while sum(1 for n in ray.nodes() if n["Alive"]) < 3:
+            assert time.monotonic() < deadline, "the third Ray node did not join"
+            await anyio.sleep(0.2)
+        slow = ("import time\n\ndef f(x):\n    time.sleep(0.3)\n    return x * 2\n", GOOD[1])
+        slow_bad = (slow[0].replace("x * 2", "x * 3"), GOOD[1])
+        results: dict[int, bool] = {}
+        async with RaySandbox(address=ray_cluster) as sb:
+            assert sb.workers == 3 * (_NODE_CPUS + 1)
+
+            async def one(index: int) -> None:
+                results[index] = (await sb.run(*(slow if index % 2 else slow_bad))).passed
+
+            async with anyio.create_task_group() as tg:
+                for index in range(24):
+                    tg.start_soon(one, index)
+                while len(results) < 4:
+                    await anyio.sleep(0.05)
+                # The whole node at once: its raylet, object store and the actor's worker process.
+                await anyio.to_thread.run_sync(_stop_nodes, [extra])
+            workers_after = sb.workers
+        assert results == {index: bool(index % 2) for index in range(24)}
+        assert sb.tasks_lost > 0
+        assert workers_after == 2 * (_NODE_CPUS + 1)   # no replacement on a dead node
+    finally:
+        _stop_nodes([extra])
     assert _wait_no_kodcode_actor() == []
 
 
