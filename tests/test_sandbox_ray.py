@@ -27,11 +27,9 @@ from kodcode.sandbox import Limits, RaySandbox, Verdict, bwrap_available, open_s
 from kodcode.sandbox.humaneval import humaneval_triplets, plant_bug
 from kodcode.sandbox.ray_cluster import ACTOR_PREFIX, _is_loopback
 
-pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                       reason="ray is not installed (pip install -e '.[ray]')"),
-    pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot run here"),
-]
+# On the cluster fixture, so the tests that need no cluster run everywhere.
+_NO_CLUSTER = ("ray is not installed (pip install -e '.[ray]')" if importlib.util.find_spec("ray") is None
+               else None if bwrap_available() else "bubblewrap cannot run here")
 
 _HERE = Path(__file__).parent
 _NODE_CPUS = 1                       # per node: two nodes share this machine's two cores
@@ -83,6 +81,8 @@ def _stop_nodes(processes: list[subprocess.Popen[bytes]]) -> None:
 
 @pytest.fixture(scope="session")
 def ray_temp_dir() -> Iterator[str]:
+    if _NO_CLUSTER:
+        pytest.skip(_NO_CLUSTER)
     # A short path: Ray's socket paths must fit in 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="kc-ray-")
     yield temp_dir
@@ -137,6 +137,16 @@ def _wait_no_kodcode_actor(timeout_s: float = 60.0) -> list[str]:
 def _key(verdict: Verdict) -> tuple[Any, ...]:
     # Everything a verdict decides; durations and captured output legitimately differ between runs.
     return verdict.passed, verdict.reason, verdict.tests, verdict.coverage
+
+
+def test_public_names() -> None:
+    from kodcode import sandbox
+    from kodcode.sandbox import ray_cluster
+
+    for module in (sandbox, ray_cluster):
+        assert sorted(module.__all__) == module.__all__
+        assert all(hasattr(module, name) for name in module.__all__)
+    assert "RaySandbox" in sandbox.__all__
 
 
 def test_loopback_addresses_are_recognised() -> None:
