@@ -135,8 +135,9 @@ def main() -> None:
 # -- --sandbox ray: the local fork-server pool beside the same pool behind Ray actors -----------------
 
 
-async def _timed_runs(sb: Any, triplets: list[HumanEvalTriplet]) -> tuple[Side, float, list[float]]:
-    """All triplets at once (throughput), the driver's CPU seconds meanwhile, then 40 one at a time (latency)."""
+async def _timed_runs(sb: Any, triplets: list[HumanEvalTriplet]) -> tuple[Side, float, list[float], list[float]]:
+    """All triplets at once (throughput), the driver's CPU seconds meanwhile, 40 one at a time (latency),
+    then 200 rejected before running (the round trip alone)."""
     passed: list[bool] = [False] * len(triplets)
     latencies: list[float] = [0.0] * len(triplets)
 
@@ -156,18 +157,25 @@ async def _timed_runs(sb: Any, triplets: list[HumanEvalTriplet]) -> tuple[Side, 
         t0 = time.monotonic()
         await sb.run(triplet.solution, triplet.tests)
         sequential.append(time.monotonic() - t0)
-    return side, driver_cpu, sequential
+    # A task the trusted side rejects before any fork server runs (a syntax error): what is left of its
+    # latency is the path to the sandbox and back, which is where Ray adds its cost.
+    rejected = []
+    for _ in range(200):
+        t0 = time.monotonic()
+        await sb.run("def broken(:\n", triplets[0].tests)
+        rejected.append(time.monotonic() - t0)
+    return side, driver_cpu, sequential, rejected
 
 
 async def _ray_round(triplets: list[HumanEvalTriplet], workers: int | None, address: str | None,
-                     order: tuple[str, ...]) -> dict[str, tuple[Side, float, list[float]]]:
-    results: dict[str, tuple[Side, float, list[float]]] = {}
+                     order: tuple[str, ...]) -> dict[str, tuple[Side, float, list[float], list[float]]]:
+    results: dict[str, tuple[Side, float, list[float], list[float]]] = {}
     for name in order:
         opened = time.monotonic()
         async with open_sandbox(backend=name, ray_address=address, workers=workers) as sb:
             startup = time.monotonic() - opened
-            side, cpu, sequential = await _timed_runs(sb, triplets)
-            results[name] = (side._replace(startup_s=startup), cpu, sequential)
+            side, cpu, sequential, rejected = await _timed_runs(sb, triplets)
+            results[name] = (side._replace(startup_s=startup), cpu, sequential, rejected)
     return results
 
 
@@ -179,12 +187,14 @@ def ray_main(triplets: list[HumanEvalTriplet], rounds: int, workers: int | None,
         results = anyio.run(_ray_round, triplets, workers, address, order)
         print(f"round {round_index + 1} ({' then '.join(order)}):")
         for name in ("local", "ray"):
-            side, cpu, sequential = results[name]
+            side, cpu, sequential, rejected = results[name]
             print(_line(f"{name} sandbox", side) + f"  (+{side.startup_s:.1f} s start)")
             print(f"  {'':40s} one at a time p50 {statistics.median(sequential) * 1000:6.1f} ms   "
-                  f"driver CPU {cpu / n * 1000:5.2f} ms/task")
+                  f"driver CPU {cpu / n * 1000:5.2f} ms/task   rejected-task round trip p50 "
+                  f"{statistics.median(rejected) * 1000:5.2f} ms")
         local, ray = results["local"], results["ray"]
-        print(f"  per-task overhead of Ray: {(statistics.median(ray[2]) - statistics.median(local[2])) * 1000:+.1f} ms "
+        print(f"  per-task overhead of Ray: {(statistics.median(ray[3]) - statistics.median(local[3])) * 1000:+.2f} ms "
+              f"round trip, {(statistics.median(ray[2]) - statistics.median(local[2])) * 1000:+.1f} ms "
               f"latency (one at a time), {(ray[0].wall_s - local[0].wall_s) / n * 1000:+.1f} ms of wall per task "
               f"(saturated), identical verdicts: {local[0].passed == ray[0].passed}")
 
