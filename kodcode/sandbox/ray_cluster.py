@@ -21,6 +21,8 @@ import ipaddress
 import itertools
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from types import TracebackType
 from typing import Any
@@ -151,6 +153,7 @@ class RaySandbox:
         self._closed = False
         self._lost_errors: tuple[type[BaseException], ...] = ()
         self._actor_class: Any = None
+        self._temp_dir: str | None = None
 
     @property
     def workers(self) -> int:
@@ -176,8 +179,10 @@ class RaySandbox:
         if not ray.is_initialized():
             options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}
             if self.address == "local":
+                # Its own session directory, removed at close: Ray keeps every session's logs otherwise.
+                self._temp_dir = tempfile.mkdtemp(prefix="kodcode-ray-")
                 options.update(address="local", include_dashboard=False, num_cpus=os.cpu_count() or 1,
-                               object_store_memory=_LOCAL_OBJECT_STORE_BYTES)
+                               object_store_memory=_LOCAL_OBJECT_STORE_BYTES, _temp_dir=self._temp_dir)
             else:
                 options["address"] = self.address
             try:
@@ -328,6 +333,8 @@ class RaySandbox:
             self._workers = []
             if self._owns_connection:
                 await anyio.to_thread.run_sync(ray.shutdown)
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
 
 
 def _cancel_quietly(ray: Any, ref: Any) -> None:
