@@ -188,6 +188,8 @@ class RaySandbox:
             try:
                 await anyio.to_thread.run_sync(lambda: ray.init(**options))
             except Exception as exc:
+                if self._temp_dir is not None:
+                    shutil.rmtree(self._temp_dir, ignore_errors=True)
                 raise SandboxError(f"cannot connect to the Ray cluster at {self.address}: {exc}") from exc
             self._owns_connection = True
         nodes = await anyio.to_thread.run_sync(ray.nodes)
@@ -221,12 +223,12 @@ class RaySandbox:
             with anyio.fail_after(_READY_TIMEOUT_S):
                 info = await handle.start.remote()
         except BaseException as exc:
-            ray.kill(handle)
+            _kill_quietly(ray, handle)
             if isinstance(exc, (anyio.get_cancelled_exc_class(), KeyboardInterrupt)):
                 raise
             raise SandboxError(f"sandbox worker on node {node_id[:8]} did not start: {exc}") from exc
         if self._closed:
-            ray.kill(handle)
+            _kill_quietly(ray, handle)
             return
         self._workers.append(_Worker(handle, name, info["node"], info["slots"], info["slots"]))
         self._notify()
@@ -297,7 +299,7 @@ class RaySandbox:
         if not worker.alive:
             return
         worker.alive = False
-        self._ray.kill(worker.handle)
+        _kill_quietly(self._ray, worker.handle)
         if self._closed or worker.node_id in self._replacing:
             return
         self._replacing.add(worker.node_id)
@@ -329,12 +331,19 @@ class RaySandbox:
             if refs:
                 await anyio.to_thread.run_sync(_wait_quietly, ray, refs, _CLOSE_TIMEOUT_S)
             for worker in self._workers:
-                ray.kill(worker.handle)
+                _kill_quietly(ray, worker.handle)
             self._workers = []
             if self._owns_connection:
                 await anyio.to_thread.run_sync(ray.shutdown)
             if self._temp_dir is not None:
                 shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+
+def _kill_quietly(ray: Any, handle: Any) -> None:
+    try:
+        ray.kill(handle)
+    except Exception:  # noqa: BLE001 - an actor that never started or already died needs no kill
+        pass
 
 
 def _cancel_quietly(ray: Any, ref: Any) -> None:
