@@ -2,6 +2,7 @@
 `parallel -j nproc`) against kodcode's fork-server sandbox with bubblewrap isolation, side by side.
 
     .venv/bin/python benchmarks/sandbox_throughput.py [--limit N] [--rounds R] [--workers W]
+    .venv/bin/python benchmarks/sandbox_throughput.py --sandbox ray [--ray-address HOST:PORT] [--limit N]
 
 Beside the ratio it prints where a sandboxed task's time goes (median ms per phase: fork, setup,
 collection, run, coverage, teardown, wait, cleanup) and its page faults, so a slow machine shows where it is slow.
@@ -21,7 +22,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -134,8 +135,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="run only the first N HumanEval problems")
     parser.add_argument("--rounds", type=int, default=1, help="repeat both sides, alternating their order")
     parser.add_argument("--workers", type=int, default=None, help="fork servers (default: the sandbox's, CPUs + 1)")
+    parser.add_argument("--sandbox", choices=("local", "ray"), default="local",
+                        help="ray: the local sandbox beside the Ray one (per-task overhead) instead of the paper's harness")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local one)")
     args = parser.parse_args()
     triplets = humaneval_triplets()[: args.limit]
+    if args.sandbox == "ray":
+        return ray_main(triplets, args.rounds, args.workers, args.ray_address)
     n = len(triplets)
     print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs ({_cpu_model()}), load {_load()}, {args.rounds} round(s)")
     ratios: list[float] = []
@@ -160,6 +166,73 @@ def main() -> None:
     if args.rounds > 1:
         print(f"speed-up per round: {', '.join(f'{r:.1f}x' for r in ratios)}; median {statistics.median(ratios):.1f}x")
     print(f"identical verdicts in every round: {identical}; load now {_load()}")
+
+
+# -- --sandbox ray: the local fork-server pool beside the same pool behind Ray actors -----------------
+
+
+async def _timed_runs(sb: Any, triplets: list[HumanEvalTriplet]) -> tuple[Side, float, list[float], list[float]]:
+    """All triplets at once (throughput), the driver's CPU seconds meanwhile, 40 one at a time (latency),
+    then 200 rejected before running (the round trip alone)."""
+    passed: list[bool] = [False] * len(triplets)
+    latencies: list[float] = [0.0] * len(triplets)
+
+    async def one(index: int) -> None:
+        t0 = time.monotonic()
+        verdict = await sb.run(triplets[index].solution, triplets[index].tests)
+        passed[index], latencies[index] = verdict.passed, time.monotonic() - t0
+
+    cpu0, started = time.process_time(), time.monotonic()
+    async with anyio.create_task_group() as tg:
+        for index in range(len(triplets)):
+            tg.start_soon(one, index)
+    side = Side(passed, latencies, time.monotonic() - started)
+    driver_cpu = time.process_time() - cpu0   # this process only: fork servers are other processes
+    sequential = []
+    for triplet in triplets[:40]:
+        t0 = time.monotonic()
+        await sb.run(triplet.solution, triplet.tests)
+        sequential.append(time.monotonic() - t0)
+    # A task the trusted side rejects before any fork server runs (a syntax error): what is left of its
+    # latency is the path to the sandbox and back, which is where Ray adds its cost.
+    rejected = []
+    for _ in range(200):
+        t0 = time.monotonic()
+        await sb.run("def broken(:\n", triplets[0].tests)
+        rejected.append(time.monotonic() - t0)
+    return side, driver_cpu, sequential, rejected
+
+
+async def _ray_round(triplets: list[HumanEvalTriplet], workers: int | None, address: str | None,
+                     order: tuple[str, ...]) -> dict[str, tuple[Side, float, list[float], list[float]]]:
+    results: dict[str, tuple[Side, float, list[float], list[float]]] = {}
+    for name in order:
+        opened = time.monotonic()
+        async with open_sandbox(backend=name, ray_address=address, workers=workers) as sb:
+            startup = time.monotonic() - opened
+            side, cpu, sequential, rejected = await _timed_runs(sb, triplets)
+            results[name] = (side._replace(startup_s=startup), cpu, sequential, rejected)
+    return results
+
+
+def ray_main(triplets: list[HumanEvalTriplet], rounds: int, workers: int | None, address: str | None) -> None:
+    n = len(triplets)
+    print(f"{n} HumanEval triplets, {os.cpu_count()} CPUs, Ray at {address or os.environ.get('RAY_ADDRESS') or 'a local cluster'}")
+    for round_index in range(rounds):
+        order = ("local", "ray") if round_index % 2 == 0 else ("ray", "local")
+        results = anyio.run(_ray_round, triplets, workers, address, order)
+        print(f"round {round_index + 1} ({' then '.join(order)}):")
+        for name in ("local", "ray"):
+            side, cpu, sequential, rejected = results[name]
+            print(_line(f"{name} sandbox", side) + f"  (+{side.startup_s:.1f} s start)")
+            print(f"  {'':40s} one at a time p50 {statistics.median(sequential) * 1000:6.1f} ms   "
+                  f"driver CPU {cpu / n * 1000:5.2f} ms/task   rejected-task round trip p50 "
+                  f"{statistics.median(rejected) * 1000:5.2f} ms")
+        local, ray = results["local"], results["ray"]
+        print(f"  per-task overhead of Ray: {(statistics.median(ray[3]) - statistics.median(local[3])) * 1000:+.2f} ms "
+              f"round trip, {(statistics.median(ray[2]) - statistics.median(local[2])) * 1000:+.1f} ms "
+              f"latency (one at a time), {(ray[0].wall_s - local[0].wall_s) / n * 1000:+.1f} ms of wall per task "
+              f"(saturated), identical verdicts: {local[0].passed == ray[0].passed}")
 
 
 if __name__ == "__main__":

@@ -89,6 +89,8 @@ class SandboxSettings(_Strict):
     isolation: bool = True                # False only with --unsafe-no-isolation
     workers: int | None = Field(None, ge=1)
     timeout_s: float = Field(10.0, gt=0)
+    backend: Literal["local", "ray"] = "local"   # ray: worker actors on a Ray cluster (kodcode[ray])
+    ray_address: str | None = None               # None: RAY_ADDRESS, else a private local cluster
 
 
 class GateSettings(_Strict):

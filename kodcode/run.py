@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
+    parser.add_argument("--sandbox", choices=("local", "ray"),
+                        help="where tests run: local fork servers (default) or worker actors on a Ray cluster")
+    parser.add_argument("--ray-address", help="Ray cluster for --sandbox ray (default: RAY_ADDRESS, else a local one)")
     parser.add_argument("--debug", action="store_true", help="debug logs on the console and full tracebacks")
     return parser
 
@@ -134,6 +137,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "sources.subset": args.seed_subset,
         "sources.weights": weights,
         "sandbox.isolation": False if args.unsafe_no_isolation else None,
+        "sandbox.backend": args.sandbox,
+        "sandbox.ray_address": args.ray_address,
     }
 
 

@@ -102,6 +102,8 @@ class VerifyOptions:
     isolation: bool = True
     split: str | None = None
     test_prelude: str = "kodcode"   # "kodcode", "none", or the path of a file whose text goes above each test file
+    sandbox: str = "local"               # or "ray": worker actors on a Ray cluster
+    ray_address: str | None = None
 
 
 @dataclass
@@ -516,7 +518,8 @@ async def verify(options: VerifyOptions, progress_stream: TextIO | None = None) 
                 finish(task, await sandbox.run(task.solution, prelude + task.tests, limits))
 
     try:
-        async with open_sandbox(workers=options.workers, isolation=options.isolation, limits=limits) as sandbox:
+        async with open_sandbox(workers=options.workers, isolation=options.isolation, limits=limits,
+                                backend=options.sandbox, ray_address=options.ray_address) as sandbox:
             try:
                 async with anyio.create_task_group() as tg:
                     for _ in range(sandbox.workers):
@@ -561,7 +564,7 @@ def _options(args: argparse.Namespace) -> VerifyOptions:
     return VerifyOptions(input=args.input, out=args.out, fields=fields, filters=filters, sample=args.sample,
                          seed=args.seed, limit=args.limit, timeout_s=args.timeout, workers=args.workers,
                          isolation=not args.unsafe_no_isolation, split=args.split, test_prelude=args.test_prelude,
-                         test_cpu_s=args.test_cpu_limit or None)
+                         test_cpu_s=args.test_cpu_limit or None, sandbox=args.sandbox, ray_address=args.ray_address)
 
 
 def _print_summary(summary: Summary, out: Path, stream: TextIO) -> None:
@@ -612,6 +615,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run untrusted code WITHOUT bubblewrap (only where bubblewrap cannot run)")
+    parser.add_argument("--sandbox", choices=("local", "ray"), default="local",
+                        help="local fork servers (default) or worker actors on a Ray cluster "
+                             "(then --workers counts fork servers per node)")
+    parser.add_argument("--ray-address", help="Ray cluster for --sandbox ray (default: RAY_ADDRESS, else a local one)")
     return parser
 
 

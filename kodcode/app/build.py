@@ -119,7 +119,8 @@ async def assemble(config: Config, db_path: Path | str, stack: AsyncExitStack, *
     if sandbox is None:
         sandbox = await stack.enter_async_context(open_sandbox(
             workers=config.sandbox.workers, isolation=config.sandbox.isolation,
-            limits=Limits(wall_s=config.sandbox.timeout_s)))
+            limits=Limits(wall_s=config.sandbox.timeout_s), backend=config.sandbox.backend,
+            ray_address=config.sandbox.ray_address))
     return RunParts(config=config, store=store, records=records, budget=budget, llm=llm, sandbox=sandbox,
                     prompts=prompts, prompt_hashes=prompt_hashes, models=models, endpoint=where, log=log)
 
