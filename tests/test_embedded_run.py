@@ -1,4 +1,5 @@
 """The embedded default, for real: `python -m kodcode.run` with no endpoint starts the local llama.cpp server
+(the prebuilt xllamacpp runtime in its child process, or a native build where `prepare --native` made one)
 with Qwen2.5-Coder-0.5B, makes verified triplets, and never leaves the server behind.
 
 These need `python -m kodcode.embedded prepare` to have run on this machine (README's setup and CI do it);
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from helpers import query, run_kodcode, start_kodcode
+from kodcode.models.files import default_cache_dir
+from kodcode.models.native_build import built_server_path
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,8 @@ def _wait_for_server(process: subprocess.Popen, timeout: float = 180) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        servers = [pid for pid, cmd in _children(process.pid) if "llama-server" in cmd]
+        servers = [pid for pid, cmd in _children(process.pid)
+                   if "llama-server" in cmd or "kodcode.models.xllamacpp_server" in cmd]
         if servers:
             return servers[0]
         time.sleep(0.2)
@@ -72,6 +76,9 @@ def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
     # The server's own log went to the run directory, and it served the OpenAI-compatible routes.
     log = (run_dir / "llama-server.log").read_text(errors="replace")
     assert "/v1/chat/completions" in log or "chat/completions" in log or "slot" in log
+    if not built_server_path(default_cache_dir()).exists():
+        # No native build here: the run used the prebuilt runtime, which needs no compiler.
+        assert "kodcode: xllamacpp server listening" in log
 
 
 @pytest.mark.parametrize("sig, expected_exit", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 0)])
