@@ -445,6 +445,8 @@ def test_the_prebuilt_runtime_is_the_default_and_a_native_build_is_used_once_pre
     native.chmod(0o755)
     assert embedded._resolve_runtime(None, cache)[0] == [str(native)]
     assert embedded._resolve_runtime(None, cache, prefer_native=False)[0] == embedded.prebuilt_launcher()
+    monkeypatch.setenv(embedded.SERVER_BINARY_ENV, embedded.PREBUILT_RUNTIME)
+    assert embedded._resolve_runtime(None, cache)[0] == embedded.prebuilt_launcher()
 
 
 def server_pids(binary: Path) -> list[int]:
@@ -569,7 +571,7 @@ async def test_real_server_answers_chat_and_raw_completions(real_server_availabl
         raise
 
     assert endpoint.model == "qwen2.5-coder-0.5b-instruct" and endpoint.slots == 2
-    if not os.environ.get(embedded.SERVER_BINARY_ENV):
+    if os.environ.get(embedded.SERVER_BINARY_ENV, embedded.PREBUILT_RUNTIME) == embedded.PREBUILT_RUNTIME:
         assert endpoint.runtime == embedded.PREBUILT_RUNTIME
     assert "def add" in (chat.choices[0].message.content or "")
     assert "a + b" in raw.choices[0].text or "a+b" in raw.choices[0].text
@@ -646,6 +648,8 @@ def prebuilt_server_pids() -> list[int]:
 @pytest.mark.slow
 def test_sigkilled_parent_leaves_no_real_server(real_server_available: None, tmp_path: Path) -> None:
     override = os.environ.get(embedded.SERVER_BINARY_ENV)
+    if override == embedded.PREBUILT_RUNTIME:
+        override = None
     before = set(prebuilt_server_pids())
     try:
         server_pid = run_and_sigkill_parent("0.5b", Path(override) if override else None, default_cache_dir(), tmp_path)

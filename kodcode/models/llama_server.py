@@ -59,7 +59,9 @@ __all__ = [
 
 MAX_SLOTS = 8  # on a few CPU cores, more slots only add latency: batched throughput is flat past 4
 CTX_PER_SLOT = 4096  # tokens of prompt + completion one request may use
-SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"  # path of another llama-server build to use instead of the default
+# Path of another llama-server build to use instead of the default, or "xllamacpp": the prebuilt runtime even
+# where `prepare --native` built a server (to compare them, or to set a bad native build aside).
+SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"
 # The prebuilt runtime. Pinned: xllamacpp 2026.10.x (llama.cpp b11549) does not cancel a request whose client
 # went away when its prompt was fully cached (measured), which the pipeline's retries of one prompt hit often.
 XLLAMACPP_REQUIREMENT = "xllamacpp==2026.8.10229"
@@ -168,7 +170,10 @@ def _resolve_runtime(
     # busy with anything else (kodcode's own sandboxes), a spinning thread starves the one doing the
     # work: measured 1.3-4 tok/s instead of 21-25 tok/s with 2 threads on 2 busy cores.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    explicit = server_binary or (Path(os.environ[SERVER_BINARY_ENV]) if os.environ.get(SERVER_BINARY_ENV) else None)
+    from_env = os.environ.get(SERVER_BINARY_ENV) or None
+    if server_binary is None and from_env == PREBUILT_RUNTIME:
+        prefer_native, from_env = False, None
+    explicit = server_binary or (Path(from_env) if from_env else None)
     if explicit is not None:
         if not os.access(explicit, os.X_OK):
             raise EmbeddedModelError(f"llama-server binary {explicit} does not exist or is not executable")
