@@ -8,7 +8,7 @@ For each runtime, in one run of this script:
   pipeline time.
 
     .venv/bin/python benchmarks/embedded_speed.py [--native PATH] [--given benchmarks/data/given40.jsonl]
-        [--questions 40] [--concurrency 4] [--tokens 200] [--variant 0.5b] [--runtimes default,native]
+        [--questions 40] [--concurrency 4] [--tokens 200] [--rounds 1] [--variant 0.5b] [--runtimes default,native]
 
 The native server is --native PATH (any llama-server binary), else the one `python -m kodcode.embedded
 prepare --native` built for this CPU; without either, only the default runs.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,8 @@ def main() -> int:
     parser.add_argument("--variant", choices=("0.5b", "1.5b"), default="0.5b")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="speed rounds, alternating the runtimes (on a shared machine, load drifts); the median is shown")
     parser.add_argument("--given", type=Path, help="questions for the pipeline comparison (JSONL, a question field)")
     parser.add_argument("--questions", type=int, default=40, help="use the first N questions of --given")
     parser.add_argument("--max-attempts", type=int, default=3)
@@ -175,11 +178,19 @@ def main() -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         given.write_text("\n".join(lines) + "\n")
 
+    # Speed first, alternating runtimes round by round, so that a change in the machine's load hits both alike.
+    speeds: dict[str, list[tuple[str, float, float]]] = {name: [] for name, _ in runtimes}
+    for round_number in range(1, args.rounds + 1):
+        for name, binary in runtimes:
+            print(f"{name}: generation speed, round {round_number} ...", file=sys.stderr, flush=True)
+            speeds[name].append(anyio.run(generation_speed, binary, args.variant, args.concurrency, args.tokens))
+            print(f"  {speeds[name][-1][1]:.1f} tok/s 1 in flight, {speeds[name][-1][2]:.1f} tok/s "
+                  f"{args.concurrency} in flight", file=sys.stderr, flush=True)
     results = []
     for name, binary in runtimes:
-        print(f"{name}: generation speed ...", file=sys.stderr, flush=True)
-        runtime, one_rate, n_rate = anyio.run(generation_speed, binary, args.variant, args.concurrency, args.tokens)
-        result = RuntimeResult(name=name, runtime=runtime, one_in_flight=one_rate, n_in_flight=n_rate)
+        runtime = speeds[name][0][0]
+        result = RuntimeResult(name=name, runtime=runtime, one_in_flight=statistics.median(s[1] for s in speeds[name]),
+                               n_in_flight=statistics.median(s[2] for s in speeds[name]))
         if given is not None:
             print(f"{name}: pipeline on {args.questions} given questions ...", file=sys.stderr, flush=True)
             run = pipeline(binary, args, given, workdir, name)
@@ -187,7 +198,7 @@ def main() -> int:
             result.calls, result.errors = run.calls, run.errors
         results.append(result)
 
-    print(f"model {args.variant}, {os.cpu_count()} CPUs, {args.tokens} tokens/request"
+    print(f"model {args.variant}, {os.cpu_count()} CPUs, {args.tokens} tokens/request, median of {args.rounds} round(s)"
           + (f"; pipeline: {args.questions} given questions, max attempts {args.max_attempts}, concurrency "
              f"{args.concurrency}, seed {args.seed}, runs in {workdir}" if given else ""))
     header = ("runtime", "server", "tok/s 1 in flight", f"tok/s {args.concurrency} in flight")

@@ -51,6 +51,16 @@ def _wait_for_server(process: subprocess.Popen, timeout: float = 180) -> int:
     raise AssertionError("the embedded server never started")
 
 
+def _wait_for_log(log: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {log}")
+
+
 def _gone(pid: int, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,7 +97,9 @@ def test_stopping_the_run_leaves_no_server(run_dir: Path, sig: int, expected_exi
                             "--db", str(run_dir / "kc.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         server = _wait_for_server(process)
-        time.sleep(2)   # let it get to work: requests in flight when the signal lands
+        # Requests in flight when the signal lands: wait for the server to take its first one (a signal during
+        # start-up, before kodcode watches signals, is another case).
+        _wait_for_log(run_dir / "llama-server.log", "processing task", process)
         os.kill(process.pid, sig)
         process.communicate(timeout=60)
         assert process.returncode == expected_exit
