@@ -686,3 +686,21 @@ def test_sampling_presets_become_openai_request_fields() -> None:
         "temperature": 0.3, "top_p": 0.9, "max_tokens": 768, "stop": ["<|im_end|>"]
     }
     assert embedded.QUESTION_SAMPLING.as_request_kwargs()["stop"] == ["<|im_end|>", "<|im_start|>"]
+
+
+@pytest.mark.slow
+def test_prepare_readies_the_prebuilt_runtime_with_no_compiler_on_the_path(real_server_available: None, tmp_path: Path) -> None:
+    """README's setup ends with `prepare`: on a machine with no cmake or compiler it must still succeed."""
+    cache = tmp_path / "cache"
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {**os.environ, "KODCODE_CACHE_DIR": str(cache), "PATH": str(empty_bin)}
+    env.pop(embedded.SERVER_BINARY_ENV, None)
+
+    result = subprocess.run([sys.executable, "-m", "kodcode.embedded", "prepare"], capture_output=True, text=True,
+                            env=env, timeout=300)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the prebuilt llama.cpp runtime (xllamacpp) runs on this machine" in result.stdout
+    assert not (cache / "llama-server").exists()   # nothing was built
+    assert is_verified(cache / VARIANTS["0.5b"].file_name, VARIANTS["0.5b"].sha256)
