@@ -64,7 +64,7 @@ CTX_PER_SLOT = 4096  # tokens of prompt + completion one request may use
 SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"
 # The prebuilt runtime. Pinned: when a request whose prompt the server finds fully cached (the pipeline's
 # retries of one prompt) loses its client, llama.cpp's server may miss the disconnect and generate on to
-# max_tokens; measured, this release caught 5 of 6 such disconnects, xllamacpp 2026.10.x about 1 of 4.
+# max_tokens; measured, this release caught 7 of 8 such disconnects, xllamacpp 2026.10.x 2 of 7.
 XLLAMACPP_REQUIREMENT = "xllamacpp==2026.8.10229"
 PREBUILT_RUNTIME = "xllamacpp"
 _PORT_ATTEMPTS = 5
