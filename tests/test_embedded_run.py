@@ -1,4 +1,5 @@
 """The embedded default, for real: `python -m kodcode.run` with no endpoint starts the local llama.cpp server
+(the prebuilt xllamacpp runtime in its child process, or a native build where `prepare --native` made one)
 with Qwen2.5-Coder-0.5B, makes verified triplets, and never leaves the server behind.
 
 These need `python -m kodcode.embedded prepare` to have run on this machine (README's setup and CI do it);
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from helpers import query, run_kodcode, start_kodcode
+from kodcode.models.files import default_cache_dir
+from kodcode.models.native_build import built_server_path
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +43,22 @@ def _wait_for_server(process: subprocess.Popen, timeout: float = 180) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1][-2000:]
-        servers = [pid for pid, cmd in _children(process.pid) if "llama-server" in cmd]
+        servers = [pid for pid, cmd in _children(process.pid)
+                   if "llama-server" in cmd or "kodcode.models.xllamacpp_server" in cmd]
         if servers:
             return servers[0]
         time.sleep(0.2)
     raise AssertionError("the embedded server never started")
+
+
+def _wait_for_log(log: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {log}")
 
 
 def _gone(pid: int, timeout: float = 15) -> bool:
@@ -72,6 +86,9 @@ def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
     # The server's own log went to the run directory, and it served the OpenAI-compatible routes.
     log = (run_dir / "llama-server.log").read_text(errors="replace")
     assert "/v1/chat/completions" in log or "chat/completions" in log or "slot" in log
+    if not built_server_path(default_cache_dir()).exists():
+        # No native build here: the run used the prebuilt runtime, which needs no compiler.
+        assert "kodcode: xllamacpp server listening" in log
 
 
 @pytest.mark.parametrize("sig, expected_exit", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 0)])
@@ -80,7 +97,9 @@ def test_stopping_the_run_leaves_no_server(run_dir: Path, sig: int, expected_exi
                             "--db", str(run_dir / "kc.db"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         server = _wait_for_server(process)
-        time.sleep(2)   # let it get to work: requests in flight when the signal lands
+        # Requests in flight when the signal lands: wait for the server to take its first one (a signal during
+        # start-up, before kodcode watches signals, is another case).
+        _wait_for_log(run_dir / "llama-server.log", "processing task", process)
         os.kill(process.pid, sig)
         process.communicate(timeout=60)
         assert process.returncode == expected_exit

