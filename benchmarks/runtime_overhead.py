@@ -41,7 +41,8 @@ def instant_answer(request: LLMRequest) -> str:
 
 async def one_run(db: str, items: int, concurrency: int) -> tuple[float, int]:
     config = load_config(None, {"base_url": "http://127.0.0.1:9/v1", "target": items, "concurrency": concurrency,
-                                "mode": "split", "max_attempts": 10})
+                                "mode": "split", "max_attempts": 10,
+                                "gates": {"mutation": False}})   # the fake sandbox passes every mutant too
     async with AsyncExitStack() as stack:
         # The composition root with fakes at the I/O boundary; no question gate: the synthetic questions
         # are near-duplicates of each other on purpose.

@@ -51,6 +51,7 @@ class AttemptResult:
     passed: bool
     reason: str | None
     coverage: float | None = None
+    question: str = ""               # carried from the attempt, so the scheduler's turn needs no read-back
 
 
 @dataclass(frozen=True)

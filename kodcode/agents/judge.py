@@ -46,8 +46,8 @@ class Judgement:
     def tests_passed(self) -> bool:
         return self.verdict.passed
 
-    def result(self, item_id: str, attempt: int) -> AttemptResult:
-        return AttemptResult(item_id, attempt, self.passed, self.reason, self.verdict.coverage)
+    def result(self, item_id: str, attempt: int, question: str = "") -> AttemptResult:
+        return AttemptResult(item_id, attempt, self.passed, self.reason, self.verdict.coverage, question)
 
 
 class Judge:
@@ -55,7 +55,7 @@ class Judge:
         self.ctx = ctx
 
     async def handle(self, task: AttemptTask) -> AttemptResult:
-        return (await self.judge(task)).result(task.item_id, task.attempt)
+        return (await self.judge(task)).result(task.item_id, task.attempt, task.question)
 
     async def judge(self, task: AttemptTask) -> Judgement:
         """Run, gate, store and log one trial."""

@@ -33,7 +33,7 @@ class Solver:
             reason = f"solver output unusable: {exc}"
             await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="solver", lineage=lineage,
                                            raw_output=response.text)
-            return AttemptResult(task.item_id, task.attempt, False, reason)
+            return AttemptResult(task.item_id, task.attempt, False, reason, question=task.question)
         if tests is not None:
             tests = ensure_solution_import(clean_tests(tests, entry_point), entry_point)
             await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage, solution, entry_point)

@@ -30,7 +30,7 @@ class Tester:
             reason = f"tester output unusable: {exc}"
             await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="tester", lineage=lineage,
                                            raw_output=response.text)
-            return AttemptResult(task.item_id, task.attempt, False, reason)
+            return AttemptResult(task.item_id, task.attempt, False, reason, question=task.question)
         tests = ensure_solution_import(clean_tests(tests, task.entry_point), task.entry_point)
         await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage)
         return replace(task, tests=tests)

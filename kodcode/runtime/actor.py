@@ -87,16 +87,20 @@ class Actor(Generic[T]):
             self.finished.set()
 
     async def _serve(self) -> None:
+        # Each worker is its own task with its own copy of the context, so what it binds reaches the events
+        # logged under it (and in tasks it starts) and nothing else: the agent once, the item per message.
+        structlog.contextvars.bind_contextvars(agent=self.name)
         while True:
             try:
                 message = await self.mailbox.get()
             except anyio.EndOfStream:
                 return
             self.stats.busy += 1
-            context = {key: value for key, value in self._describe(message).items() if value is not None}
+            described = self._describe(message)
+            structlog.contextvars.bind_contextvars(**{k: v for k, v in described.items() if v is not None})
+            structlog.contextvars.unbind_contextvars(*(k for k, v in described.items() if v is None))
             try:
-                with structlog.contextvars.bound_contextvars(agent=self.name, **context):
-                    await self._supervise(message)
+                await self._supervise(message)
             finally:
                 self.stats.busy -= 1
 

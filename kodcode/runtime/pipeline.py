@@ -14,9 +14,10 @@ budget, a signal) ends the supply and closes the attempt queue, which cuts the o
 each actor is closed once every actor upstream of it has finished, so its backlog drains and nothing
 sent to it is refused. Attempts left in the queue stay 'queued' in the store for the next run.
 
-Facts kept once: the store owns question text and each attempt's durable stage (the pipeline reads a
-question back when it schedules a retry); the pipeline owns the run's item counts by state (seeded from
-the store on resume, updated after each committed transition); the LLM budget owns spend.
+Facts kept once: the store owns question text and each attempt's durable stage; the pipeline keeps no
+copy of either (a question travels in the messages of its attempt, and is read back from the store only
+where no message carries it). The pipeline owns the run's item counts by state (seeded from the store on
+resume, updated after each committed transition); the LLM budget owns spend.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class Pipeline:
             self._move("proposing", "failed")
         elif isinstance(message, AttemptTask):
             await records.fail_attempt(message.item_id, message.attempt, reason)
-            await self.on_result(AttemptResult(message.item_id, message.attempt, False, reason))
+            await self.on_result(AttemptResult(message.item_id, message.attempt, False, reason,
+                                               question=message.question))
         elif isinstance(message, RewriteTask):
             await records.save_rewrite(message.item_id, message.style, "rejected", None, False, reason, {})
         elif isinstance(message, ReasonTask):
@@ -255,7 +257,8 @@ class Pipeline:
                                  priority=decision.priority, confidence=decision.confidence,
                                  next_attempt=(attempts + 1, self.config.effective_mode))
             log.info("decision", action="retry", priority=round(decision.priority, 4), reason=decision.reason)
-            await self._schedule(result.item_id, attempts + 1, priority=decision.priority, decided=True)
+            await self._schedule(result.item_id, attempts + 1, priority=decision.priority, decided=True,
+                                 question=result.question or None)
             return
         verified = any(history)
         best = await records.best_attempt(result.item_id) if verified else None
@@ -271,7 +274,7 @@ class Pipeline:
         self._move("open", "verified" if verified else "failed")
         if verified:
             assert best is not None
-            question = await records.question(result.item_id) or ""
+            question = result.question or await records.question(result.item_id) or ""
             self.sources.note_verified(result.item_id, question)
             for style in self.config.styles:
                 await self._send(self.rewriter, RewriteTask(result.item_id, style, question, best["solution"],
@@ -348,7 +351,8 @@ class Pipeline:
                 await self._send(self.judge, AttemptTask(item.item_id, last["attempt"], item.question,
                                                          last["solution"], last["entry_point"], last["tests"]))
             else:
-                await self.on_result(AttemptResult(item.item_id, last["attempt"], bool(last["passed"]), last["reason"]))
+                await self.on_result(AttemptResult(item.item_id, last["attempt"], bool(last["passed"]), last["reason"],
+                                                   question=item.question))
         if state.proposing or state.open_items or state.unrewritten:
             self.log.info("resumed", proposing=len(state.proposing), open=len(state.open_items),
                           rewrites=len(state.unrewritten), verified=self.verified)
