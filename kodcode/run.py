@@ -3,11 +3,15 @@
 Running again with the same --db resumes: every item re-enters at its last committed state and no
 completed LLM call is sent again. Ctrl-C (or SIGTERM) stops intake and lets work in flight finish for
 --grace seconds; a second Ctrl-C stops at once. Either way, nothing committed is lost.
+
+An endpoint that goes down (refused connections, 502/503/504) pauses the roles it serves instead of
+failing items; the run goes on when it answers again, or stops after --max-outage (exit 75).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,18 @@ __all__ = ["build_parser", "main"]
 
 DEFAULT_DB = Path("runs/kodcode.db")
 
+EXIT_CODES = """exit codes:
+  0    the run ended by itself (target reached, questions exhausted, a budget spent)
+  2    bad input (flags, config, seeds, prompts, --db, a store from a newer kodcode): one line, nothing changed
+  75   an endpoint stayed down longer than --max-outage; the store is intact: run again to resume
+  130  stopped by Ctrl-C (SIGINT), at start-up or later, after committing; 143 for SIGTERM"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kodcode.run",
-        description="Make verified (question, solution, unit tests) triplets with LLM agents; resumable.")
+        description="Make verified (question, solution, unit tests) triplets with LLM agents; resumable.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB,
                         help=f"SQLite store; its directory also holds the structured event log (default: {DEFAULT_DB})")
@@ -81,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vacuous tests: flag them, or reject trials that have any (default flag)")
     parser.add_argument("--llm-timeout", type=float,
                         help="seconds to wait for one LLM answer before retrying it (default 300)")
+    parser.add_argument("--max-outage", metavar="DURATION",
+                        help="how long an endpoint may stay down (refused connections, 502/503/504) while the run "
+                             "waits for it, e.g. 90s, 5m, 1h; then the run stops with exit 75 (default 30m)")
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
@@ -114,6 +128,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "vllm.max_model_len": args.vllm_max_model_len,
         "vllm.kv_cache_gib": args.vllm_kv_cache_gib,
         "grace_s": args.grace,
+        "max_outage_s": parse_duration(args.max_outage, "--max-outage") if args.max_outage is not None else None,
         "llm_timeout_s": args.llm_timeout,
         "gates.mutation": False if args.no_mutation_gate else None,
         "gates.mutation_threshold": args.mutation_threshold,
@@ -137,6 +152,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)?")
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Seconds in '90', '90s', '5m' or '1h'."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ConfigError(f"{flag} {value!r}: give seconds or a duration such as 90s, 5m, 1h")
+    return float(match[1]) * {"h": 3600.0, "m": 60.0, "s": 1.0, None: 1.0}[match[2]]
+
+
 def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
 
@@ -153,15 +179,22 @@ def _weights(spec: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        overrides = _overrides(args)
-    except KodcodeError as exc:
-        print(f"kodcode: error: {exc}", file=sys.stderr)
-        return 2
-    from kodcode.app.launch import launch   # the run's dependencies, only once there is a run
+        args = build_parser().parse_args(argv)
+        try:
+            overrides = _overrides(args)
+        except KodcodeError as exc:
+            print(f"kodcode: error: {exc}", file=sys.stderr)
+            return 2
+        from kodcode.app.launch import launch   # the run's dependencies, only once there is a run
 
-    return launch(args, overrides)
+        return launch(args, overrides)
+    except KeyboardInterrupt:
+        # Ctrl-C while Python imports the run's libraries or reads the config: nothing is open yet. Once the
+        # run starts, its own signal watcher makes the same stop (kodcode.app.launch).
+        print("\nkodcode: SIGINT: stopped during start-up; the store is intact, run the same command again to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
