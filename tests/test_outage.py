@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -241,3 +242,60 @@ def test_past_max_outage_the_run_stops_with_exit_75_and_resumes(tmp_path: Path) 
         flaky.stop()
     assert comparable(export_rows(db, tmp_path / "resumed.jsonl")) == \
         comparable(export_rows(reference_db, tmp_path / "reference.jsonl"))
+
+
+class RefuseProblem:
+    """400 for every request about one problem: its attempts fail with an LLMError, as a down endpoint's
+    did in older kodcode (the test then words the reasons as that kodcode did)."""
+
+    def __init__(self, phrase: str) -> None:
+        self.phrase = phrase
+
+    def __call__(self, request: ScriptedRequest) -> Fault | None:
+        return Fault.http_error(400, message="refused") if self.phrase in request.text else None
+
+
+@pytest.mark.slow
+def test_items_an_older_kodcode_failed_for_a_down_endpoint_are_retried_on_resume(tmp_path: Path) -> None:
+    db = tmp_path / "kc.db"
+    broken = ScriptedOpenAIServer(IdempotentCoder(FakeCoder(**SCRIPT)), faults=RefuseProblem("reverse the order")).start()
+    try:
+        first = run_kodcode("run", "--base-url", broken.base_url, "--db", str(db), "--target", "2",
+                            "--max-attempts", "3", *RUN_ARGS)
+    finally:
+        broken.stop()
+    assert first.returncode == 0, first.stderr
+    [(lost, lost_question)] = query(db, "SELECT item_id, question FROM items WHERE state='failed'")
+    assert "reverse the order" in lost_question
+    # What kodcode before the outage gate wrote when the endpoint refused connections for a few minutes.
+    old = "{} error: LLMError: connection to http://127.0.0.1:1/v1 failed: All connection attempts failed (gave up after 7 tries)"
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE attempts SET reason=? WHERE item_id=?", (old.format("solver"), lost))
+        conn.execute("UPDATE items SET reason=? WHERE item_id=?", (old.format("solver"), lost))
+        seq = conn.execute("SELECT MAX(seq) + 1 FROM items").fetchone()[0]
+        conn.execute("INSERT INTO items(item_id, seq, source, subset, state, seed_ids, reason, created_at, updated_at)"
+                     " VALUES(?, ?, 'prefill', 'Prefill', 'failed', '[]', ?, 0, 0)",
+                     (f"Prefill_{seq}", seq, old.format("proposer")))
+    conn.close()
+
+    healthy = ScriptedOpenAIServer(IdempotentCoder(FakeCoder(**SCRIPT))).start()
+    try:
+        resumed = run_kodcode("run", "--base-url", healthy.base_url, "--db", str(db), "--target", "4", *RUN_ARGS)
+    finally:
+        healthy.stop()
+    assert resumed.returncode == 0, resumed.stderr
+    reopened = dict(query(db, "SELECT item_id, reason FROM decisions WHERE action='reopen'"))
+    assert set(reopened) == {lost, f"Prefill_{seq}"}
+    assert "attempts 1-3 failed for a transport reason" in reopened[lost]
+    # The lost question was solved this time, from its first attempt on, with no gap in attempt numbers.
+    assert query(db, "SELECT state FROM items WHERE item_id=?", (lost,))[0][0] == "verified"
+    attempts = [a for (a,) in query(db, "SELECT attempt FROM attempts WHERE item_id=? ORDER BY attempt", (lost,))]
+    assert attempts == list(range(1, len(attempts) + 1))
+    lineage = json.loads(query(db, "SELECT lineage FROM items WHERE item_id=?", (lost,))[0][0])
+    assert lineage["reopened"][0]["was"] == "failed" and "connection to" in lineage["reopened"][0]["reason"]
+    # The lost proposal was proposed again and went on like any other.
+    assert query(db, "SELECT state FROM items WHERE item_id=?", (f"Prefill_{seq}",))[0][0] != "failed"
+    left = query(db, "SELECT COUNT(*) FROM items WHERE reason LIKE '%connection to%'")[0][0] + \
+        query(db, "SELECT COUNT(*) FROM attempts WHERE reason LIKE '%connection to%'")[0][0]
+    assert left == 0

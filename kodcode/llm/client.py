@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "TransientLLMError",
     "connection_fault",
     "preflight",
+    "transport_failure",
     "transport_label",
     "stable_seed",
 ]
@@ -242,6 +244,19 @@ class OpenAITransport:
     async def aclose(self) -> None:
         if not self._client.is_closed():   # idempotent: the run's exit stack and LLMClient.aclose may both close it
             await self._client.close()
+
+
+# How an item's failure reason reads when a kodcode before the outage gate gave up on a call because the
+# endpoint was down (this module's own words, wrapped by the actor as "<agent> error: LLMError: ...").
+_TRANSPORT_FAILURE = re.compile(
+    r"LLMError: (connection to \S+ failed|every endpoint of the pool is down|50[234] from \S+)"
+    r".*\(gave up after \d+ tries\)\s*$", re.DOTALL)
+
+
+def transport_failure(reason: str | None) -> bool:
+    """A failure reason that says the endpoint was unreachable, not that the model failed: such an item is
+    retried on resume (the outage gate keeps new ones from happening)."""
+    return bool(reason) and _TRANSPORT_FAILURE.search(reason or "") is not None
 
 
 _STATUS_WORDS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}

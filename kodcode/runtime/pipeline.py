@@ -327,6 +327,11 @@ class Pipeline:
 
     async def _resume(self) -> None:
         records = self.ctx.records
+        # Before the counts are read: what an older kodcode failed for a down endpoint is work again.
+        reopened = await records.reopen_transport_failures()
+        if reopened:
+            self.log.warning("reopened_transport_failures", items=len(reopened),
+                             item_ids=[entry["item_id"] for entry in reopened[:20]])
         await self.sources.load_verified(records)
         self._counts = Counter(await records.counts())
         self._settled_at_start = self._settled
