@@ -48,6 +48,16 @@ def newer_store(directory: Path) -> None:
     conn.close()
 
 
+def store_with(directory: Path, schema_version: str | None = None, user_version: int | None = None) -> None:
+    newer_store(directory)
+    conn = sqlite3.connect(directory / "kc.db")
+    with conn:
+        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (schema_version or "4",))
+        if user_version is not None:
+            conn.execute(f"PRAGMA user_version={user_version}")
+    conn.close()
+
+
 def existing_store(directory: Path) -> None:
     newer_store(directory)
     conn = sqlite3.connect(directory / "kc.db")
@@ -76,7 +86,19 @@ CASES = [
     Case("unreachable --base-url", "run", ("--db", "{db}", "--base-url", UNREACHABLE),
          "cannot reach --base-url http://127.0.0.1:9/v1"),
     Case("wrong --model", "run", (*RUN, "--model", "no-such-model"), "model 'no-such-model' is not served"),
-    Case("store from a newer schema", "run", RUN, "schema version 99", newer_store, has_store=True),
+    Case("store from a newer schema", "run", RUN, "written by a newer kodcode (schema 99); upgrade kodcode",
+         newer_store, has_store=True),
+    Case("store from a newer schema (PRAGMA user_version)", "run", RUN,
+         "written by a newer kodcode (schema 7); upgrade kodcode", lambda d: store_with(d, user_version=7),
+         has_store=True),
+    Case("store whose meta.schema_version is not an integer", "run", RUN, "store {db} has a schema version that is not a number",
+         lambda d: store_with(d, schema_version="four"), has_store=True),
+    Case("--db is a directory", "run", ("--db", "{dir}/dbdir", "--base-url", "{server}"), "--db {dir}/dbdir is a directory",
+         lambda d: (d / "dbdir").mkdir()),
+    Case("--prompts overlay uses a variable its stage does not provide", "run", (*RUN, "--prompts", "{dir}/prompts"),
+         "solve.j2 uses difficulty, which the solve stage does not provide",
+         lambda d: ((d / "prompts").mkdir(), (d / "prompts" / "solve.j2").write_text(
+             "{% block user %}{{ question }} at level {{ difficulty }}{% endblock %}\n"))),
     Case("conflicting flags: --embedded-model with --base-url", "run", (*RUN, "--embedded-model", "1.5b"),
          "--embedded-model and --base-url conflict"),
     Case("conflicting flags: --budget-usd without prices", "run", (*RUN, "--budget-usd", "1"), "--budget-usd"),
@@ -85,6 +107,8 @@ CASES = [
     Case("export: --db missing", "export", ("--db", "{db}", "--out", "{dir}/out.jsonl"), "does not exist"),
     Case("export: --out under a regular file", "export", ("--db", "{db}", "--out", "{dir}/file/out.jsonl"),
          "cannot write {dir}/file/out.jsonl", lambda d: (existing_store(d), a_file_named("file")(d)), has_store=True),
+    Case("export: --out with a suffix no format has (.csv)", "export", ("--db", "{db}", "--out", "{dir}/data.csv"),
+         "cannot write .csv files; the formats are .jsonl, .parquet", existing_store, has_store=True),
     Case("export: --out is a directory", "export", ("--db", "{db}", "--out", "{dir}/outdir"),
          "cannot write {dir}/outdir", lambda d: (existing_store(d), (d / "outdir").mkdir()), has_store=True),
 ]
