@@ -11,7 +11,9 @@ failing items; the run goes on when it answers again, or stops after --max-outag
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,7 +180,22 @@ def _weights(spec: str) -> dict[str, float]:
     return weights
 
 
+# Set when a Ctrl-C was handled here. If the KeyboardInterrupt was raised inside code that an extension
+# module's initialisation ran through the C API (PyRun_String), CPython marks it unhandled and, however this
+# function returns, ends the process by SIGINT (exit -2) after finalising; __main__ exits directly instead.
+_interrupted_in_c = False
+
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C before the run's own watcher is up: the first one stops, a second one cannot interrupt the
+    stop (a KeyboardInterrupt raised inside the handling of the first dies with a traceback, or silently)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not when embedded in another program
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         args = build_parser().parse_args(argv)
         try:
@@ -190,12 +207,29 @@ def main(argv: list[str] | None = None) -> int:
 
         return launch(args, overrides)
     except KeyboardInterrupt:
-        # Ctrl-C while Python imports the run's libraries or reads the config: nothing is open yet. Once the
-        # run starts, its own signal watcher makes the same stop (kodcode.app.launch).
-        print("\nkodcode: SIGINT: stopped during start-up; the store is intact, run the same command again to resume",
-              file=sys.stderr)
-        return 130
+        return _stopped_at_start_up()
+    except BaseExceptionGroup as group:      # the interrupt reached the run's task groups
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        return _stopped_at_start_up()
+
+
+def _stopped_at_start_up() -> int:
+    """Ctrl-C while Python imports the run's libraries, reads the config or starts the event loop: nothing is
+    open (or it was closed as the interrupt unwound). Once the run starts, its own signal watcher makes the
+    same stop (kodcode.app.launch)."""
+    global _interrupted_in_c
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut this stop short
+    _interrupted_in_c = True
+    print("\nkodcode: SIGINT: stopped during start-up; the store is intact, run the same command again to resume",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _interrupted_in_c:      # nothing is open at this point: skip finalisation (see _interrupted_in_c)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -54,14 +54,10 @@ def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     stop = _Stop(config.grace_s)
+    # A Ctrl-C in the instant before the signal watcher starts is a KeyboardInterrupt (asyncio has cancelled
+    # the run): kodcode.run's main reports it as the start-up stop it is.
     try:
         summary = anyio.run(_run, config, args.db, live, stop, backend="asyncio")
-    except KeyboardInterrupt:
-        # Ctrl-C in the instant before the signal watcher starts: asyncio cancelled the run; nothing was opened
-        # that is not closed.
-        print("\nkodcode: SIGINT: stopped during start-up; the store is intact, run the same command again to "
-              "resume", file=sys.stderr)
-        return 128 + signal.SIGINT
     except (KodcodeError, BaseExceptionGroup) as exc:
         error = user_error(exc)
         if error is None:
@@ -71,6 +67,9 @@ def launch(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
         print(f"kodcode: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        if stop.signum is not None:
+            # The run is over; a repeated Ctrl-C while the summary prints must not turn into a traceback.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         close_logging()
     if summary is None:        # stopped during start-up: the signal's line is printed, nothing ran
         return 128 + (stop.signum or signal.SIGINT)
