@@ -5,18 +5,26 @@ The (case, message) table is written to $KODCODE_BAD_INPUT_TABLE when set, else 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from helpers import run_kodcode
+from helpers import kodcode_command, kodcode_env, query, run_kodcode
 from kodcode.store.sqlite import Store
 from scripted_openai import ScriptedOpenAIServer
+from test_hygiene import LAUNCHER
+from test_soak import RUN_ARGS, start_server
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 TABLE: list[tuple[str, str]] = []
@@ -154,3 +162,83 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("kodcode: error: cannot reach --base-url")
+
+
+# -- Ctrl-C during start-up ----------------------------------------------------------------------------------
+# The same clean stop as later in the run: one `kodcode:` line naming the signal, exit 130, no traceback,
+# nothing left running (the run is started under the subreaper launcher of test_hygiene, which reports every
+# process it left behind) and a sound store.
+
+class SlowModels(ScriptedOpenAIServer):
+    """/v1/models answers only after `delay_s`, like a server still loading its model: a long start-up."""
+
+    delay_s = 30.0
+
+    def _dispatch(self, handler: Any, method: str, path: str, outcome: Any) -> None:
+        if method == "GET" and path == "/v1/models":
+            self._stopping.wait(self.delay_s)
+        super()._dispatch(handler, method, path, outcome)
+
+
+def interrupt(args: list[str], moments: list[float]) -> tuple[int, list[str], str]:
+    """Run kodcode under the launcher, send SIGINT at each moment (seconds after start); return the exit
+    code, the processes it left behind, and its stderr."""
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, *kodcode_command("run", *args)], env=kodcode_env(),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert launcher.stdout is not None
+        pid = int(launcher.stdout.readline())
+        started = time.monotonic()
+        for moment in moments:
+            time.sleep(max(0.0, started + moment - time.monotonic()))
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+        out, err = launcher.communicate(timeout=180)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    report = json.loads(out.strip().splitlines()[-1])
+    return report["rc"], report["left"], err
+
+
+def assert_clean_stop(rc: int, left: list[str], err: str) -> str:
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert left == [], left
+    ours = [line for line in err.splitlines() if line.startswith("kodcode:")]
+    assert len(ours) == 1 and "SIGINT" in ours[0], ours
+    return ours[0]
+
+
+@pytest.mark.parametrize("moment", [1.5, 6.0], ids=["1.5s", "6s"])
+def test_sigint_during_start_up_is_a_clean_stop(tmp_path: Path, moment: float) -> None:
+    server = SlowModels(lambda request: "unused").start()
+    db = tmp_path / "kc.db"
+    try:
+        rc, left, err = interrupt(["--base-url", server.base_url, "--db", str(db), *RUN_ARGS], [moment])
+    finally:
+        server.stop()
+    line = assert_clean_stop(rc, left, err)
+    assert not db.exists() or query(db, "PRAGMA integrity_check")[0][0] == "ok"
+    TABLE.append((f"SIGINT {moment} s into start-up (exit 130)", line))
+
+
+@pytest.mark.parametrize("moments", [[1.5, 1.7], [3.5, 3.7]], ids=["during-imports", "during-resume"])
+def test_sigint_twice_on_an_existing_store_is_a_clean_stop(tmp_path: Path, moments: list[float]) -> None:
+    _coder, server = start_server()
+    db = tmp_path / "kc.db"
+    try:
+        first = run_kodcode("run", "--base-url", server.base_url, "--db", str(db), "--target", "1", *RUN_ARGS)
+        assert first.returncode == 0, first.stderr
+        verified = set(query(db, "SELECT item_id, question FROM items WHERE state='verified'"))
+        rc, left, err = interrupt(["--base-url", server.base_url, "--db", str(db), "--target", "5", *RUN_ARGS],
+                                  moments)
+    finally:
+        server.stop()
+    line = assert_clean_stop(rc, left, err)
+    TABLE.append((f"SIGINT twice on an existing store, {moments[0]} s in (exit 130)", line))
+    assert query(db, "PRAGMA integrity_check")[0][0] == "ok"
+    assert verified <= set(query(db, "SELECT item_id, question FROM items WHERE state='verified'"))
