@@ -111,41 +111,34 @@ class _Stop:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
-                if self.signum is not None:         # a repeat during the stop: stop now
-                    log.warning("stop_now", signal=name)
-                    self.cancel()
-                    continue
                 self.signum = signum
                 if self.pipeline is None:
                     print(f"\nkodcode: {name}: stopped during start-up; the store is intact, run the same command "
                           "again to resume", file=sys.stderr)
-                    self.cancel()
-                    continue
-                self.pipeline.request_stop(f"{name} received")
-                print(f"\nkodcode: {name}: finishing work in flight (up to {self.grace_s:.0f} s); press Ctrl-C again "
-                      "to stop now", file=sys.stderr)
-                self._grace_deadline(signum)
+                else:
+                    self.pipeline.request_stop(f"{name} received")
+                    print(f"\nkodcode: {name}: finishing work in flight (up to {self.grace_s:.0f} s); press Ctrl-C "
+                          "again to stop now", file=sys.stderr)
+                    with anyio.move_on_after(self.grace_s):
+                        async for again in signals:
+                            log.warning("stop_now", signal=signal.Signals(again).name)
+                            break
+                self.cancel()
+                break
+            # The stop is under way: later signals must not interrupt the cleanup (the receiver holds them
+            # until the run is over).
+            async for _ in signals:
+                pass
 
     def cancel(self) -> None:
         if self.scope is not None:
             self.scope.cancel()
-
-    def _grace_deadline(self, signum: int) -> None:
-        async def expire() -> None:
-            await anyio.sleep(self.grace_s)
-            self.cancel()
-
-        assert self._group is not None
-        self._group.start_soon(expire)
-
-    _group: Any = None
 
 
 async def _run(config: Config, db_path: Path, live: bool, stop: _Stop) -> RunSummary | None:
     """The run, or None when a signal stopped it during start-up."""
     log = get_logger()
     async with anyio.create_task_group() as watchers:
-        stop._group = watchers
         watchers.start_soon(stop.watch, log)
         try:
             with anyio.CancelScope() as stop.scope:
