@@ -45,7 +45,7 @@ def main() -> int:
         same = comparable(soaked) == comparable(clean)
         ids = [row["question_id"] for row in soaked]
         calls = query(root / "soak" / "kc.db", "SELECT COUNT(*) FROM llm_calls")[0][0]
-        print(f"kills: SIGKILL {result.kills}, SIGTERM {result.terms} (exit 0), finished before the kill point "
+        print(f"kills: SIGKILL {result.kills}, SIGTERM {result.terms} (exit 143), finished before the kill point "
               f"{result.finished_early}; resumes {result.resumes}")
         print(f"export: {len(soaked)} rows interrupted vs {len(clean)} uninterrupted; identical: {same}; "
               f"duplicate question ids: {len(ids) - len(set(ids))}")

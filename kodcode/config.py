@@ -137,6 +137,10 @@ class Config(_Strict):
     chat_template: Literal["chatml"] = "chatml"   # how a raw prefill prompt is built for Magpie-style proposals
     llm_timeout_s: float = Field(300.0, gt=0)
     llm_max_retries: int = Field(6, ge=0)
+    # An endpoint that is down (refused connections, 502/503/504) pauses its roles instead of failing items;
+    # past this many seconds without an answer the run stops cleanly (exit 75) and resumes later.
+    max_outage_s: float = Field(1800.0, ge=0)
+    outage_probe_s: float = Field(1.0, gt=0)          # first probe delay of a down endpoint; doubles up to 30 s
     item_retries: int = Field(2, ge=0)    # supervision: re-handle a message this many times after an exception
     roles: dict[Literal["proposer", "solver", "tester", "rewriter", "reasoning"], RoleSettings] = Field(default_factory=dict)
     reasoning_samples: int = Field(0, ge=0, le=64)   # responses per verified question from the reasoning role; 0 = off

@@ -5,7 +5,8 @@ KodcodeError
  ├── StoreError         the SQLite store cannot be opened or written
  │    └── SchemaError   the store was written by a newer kodcode
  ├── LLMError           an LLM endpoint failed after every retry
- │    └── BudgetExhausted  a budget (calls, tokens, money) is spent
+ │    ├── BudgetExhausted  a budget (calls, tokens, money) is spent
+ │    └── EndpointUnavailable  an endpoint stayed down longer than --max-outage: the run stops (exit 75)
  ├── SandboxError       the sandbox itself (not the code under test) failed
  └── EmbeddedModelError the embedded model or its server cannot be used
 """
@@ -16,6 +17,7 @@ __all__ = [
     "BudgetExhausted",
     "ConfigError",
     "EmbeddedModelError",
+    "EndpointUnavailable",
     "KodcodeError",
     "LLMError",
     "SandboxError",
@@ -46,6 +48,11 @@ class LLMError(KodcodeError):
 
 class BudgetExhausted(LLMError):
     pass
+
+
+class EndpointUnavailable(LLMError):
+    """Not the item's fault: the endpoint was down for longer than the run may wait. Like BudgetExhausted it
+    stops the run and leaves every item where the store has it."""
 
 
 class SandboxError(KodcodeError):

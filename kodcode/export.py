@@ -262,6 +262,21 @@ def write_rows(rows: list[dict[str, Any]], out: Path, fmt: str) -> None:
         raise
 
 
+FORMATS = {".jsonl": "jsonl", ".parquet": "parquet"}
+
+
+def format_for(out: Path) -> str:
+    """The format an --out suffix asks for; a suffix we do not write (.csv) is refused rather than filled
+    with JSON lines under a name that promises something else. No suffix: JSON lines."""
+    if not out.suffix:
+        return "jsonl"
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise KodcodeError(f"--out {out}: cannot write {out.suffix} files; the formats are "
+                           f"{', '.join(FORMATS)} (or give --format jsonl|parquet)")
+    return fmt
+
+
 @dataclass
 class ExportResult:
     rows: int
@@ -271,7 +286,7 @@ class ExportResult:
 
 def export(db: Path, out: Path, *, kind: str = "v1", fmt: str | None = None, keep: ExportFilter = ExportFilter(),
            with_reasoning: bool = True, card: bool = False) -> ExportResult:
-    fmt = fmt or ("parquet" if out.suffix == ".parquet" else "jsonl")
+    fmt = fmt or format_for(out)
     v1 = list(iter_v1_rows(db, keep))
     if kind == "v1":
         rows = v1
@@ -340,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kodcode.export",
                                      description="Export verified data from a kodcode store for SFT or RL.")
     parser.add_argument("--db", type=Path, required=True, help="the run's SQLite store")
-    parser.add_argument("--out", type=Path, required=True, help="output file (.jsonl or .parquet)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output file: .jsonl or .parquet (another suffix is refused unless --format is given)")
     parser.add_argument("--kind", choices=("v1", "sft", "rl"), default="v1",
                         help="v1: KodCode-V1 rows; sft: chat messages; rl: question + tests + entry point")
     parser.add_argument("--format", choices=("jsonl", "parquet"), help="default: from the --out suffix")

@@ -3,11 +3,17 @@
 Running again with the same --db resumes: every item re-enters at its last committed state and no
 completed LLM call is sent again. Ctrl-C (or SIGTERM) stops intake and lets work in flight finish for
 --grace seconds; a second Ctrl-C stops at once. Either way, nothing committed is lost.
+
+An endpoint that goes down (refused connections, 502/503/504) pauses the roles it serves instead of
+failing items; the run goes on when it answers again, or stops after --max-outage (exit 75).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,11 +24,18 @@ __all__ = ["build_parser", "main"]
 
 DEFAULT_DB = Path("runs/kodcode.db")
 
+EXIT_CODES = """exit codes:
+  0    the run ended by itself (target reached, questions exhausted, a budget spent)
+  2    bad input (flags, config, seeds, prompts, --db, a store from a newer kodcode): one line, nothing changed
+  75   an endpoint stayed down longer than --max-outage; the store is intact: run again to resume
+  130  stopped by Ctrl-C (SIGINT), at start-up or later, after committing; 143 for SIGTERM"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kodcode.run",
-        description="Make verified (question, solution, unit tests) triplets with LLM agents; resumable.")
+        description="Make verified (question, solution, unit tests) triplets with LLM agents; resumable.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     parser.add_argument("--db", type=Path, default=DEFAULT_DB,
                         help=f"SQLite store; its directory also holds the structured event log (default: {DEFAULT_DB})")
@@ -81,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vacuous tests: flag them, or reject trials that have any (default flag)")
     parser.add_argument("--llm-timeout", type=float,
                         help="seconds to wait for one LLM answer before retrying it (default 300)")
+    parser.add_argument("--max-outage", metavar="DURATION",
+                        help="how long an endpoint may stay down (refused connections, 502/503/504) while the run "
+                             "waits for it, e.g. 90s, 5m, 1h; then the run stops with exit 75 (default 30m)")
     parser.add_argument("--grace", type=float, help="seconds in-flight work may take after Ctrl-C (default 30)")
     parser.add_argument("--unsafe-no-isolation", action="store_true",
                         help="run generated code without the bubblewrap sandbox (only where bwrap cannot run)")
@@ -117,6 +133,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "vllm.max_model_len": args.vllm_max_model_len,
         "vllm.kv_cache_gib": args.vllm_kv_cache_gib,
         "grace_s": args.grace,
+        "max_outage_s": parse_duration(args.max_outage, "--max-outage") if args.max_outage is not None else None,
         "llm_timeout_s": args.llm_timeout,
         "gates.mutation": False if args.no_mutation_gate else None,
         "gates.mutation_threshold": args.mutation_threshold,
@@ -142,6 +159,17 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s)?")
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Seconds in '90', '90s', '5m' or '1h'."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ConfigError(f"{flag} {value!r}: give seconds or a duration such as 90s, 5m, 1h")
+    return float(match[1]) * {"h": 3600.0, "m": 60.0, "s": 1.0, None: 1.0}[match[2]]
+
+
 def _csv(value: str | None) -> tuple[str, ...] | None:
     return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
 
@@ -157,17 +185,56 @@ def _weights(spec: str) -> dict[str, float]:
     return weights
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        overrides = _overrides(args)
-    except KodcodeError as exc:
-        print(f"kodcode: error: {exc}", file=sys.stderr)
-        return 2
-    from kodcode.app.launch import launch   # the run's dependencies, only once there is a run
+# Set when a Ctrl-C was handled here. If the KeyboardInterrupt was raised inside code that an extension
+# module's initialisation ran through the C API (PyRun_String), CPython marks it unhandled and, however this
+# function returns, ends the process by SIGINT (exit -2) after finalising; __main__ exits directly instead.
+_interrupted_in_c = False
 
-    return launch(args, overrides)
+
+def _interrupt_once(signum: int, frame: object) -> None:
+    """Ctrl-C before the run's own watcher is up: the first one stops, a second one cannot interrupt the
+    stop (a KeyboardInterrupt raised inside the handling of the first dies with a traceback, or silently)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # not when embedded in another program
+        signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        args = build_parser().parse_args(argv)
+        try:
+            overrides = _overrides(args)
+        except KodcodeError as exc:
+            print(f"kodcode: error: {exc}", file=sys.stderr)
+            return 2
+        from kodcode.app.launch import launch   # the run's dependencies, only once there is a run
+
+        return launch(args, overrides)
+    except KeyboardInterrupt:
+        return _stopped_at_start_up()
+    except BaseExceptionGroup as group:      # the interrupt reached the run's task groups
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        return _stopped_at_start_up()
+
+
+def _stopped_at_start_up() -> int:
+    """Ctrl-C while Python imports the run's libraries, reads the config or starts the event loop: nothing is
+    open (or it was closed as the interrupt unwound). Once the run starts, its own signal watcher makes the
+    same stop (kodcode.app.launch)."""
+    global _interrupted_in_c
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not cut this stop short
+    _interrupted_in_c = True
+    print("\nkodcode: SIGINT: stopped during start-up; the store is intact, run the same command again to resume",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _interrupted_in_c:      # nothing is open at this point: skip finalisation (see _interrupted_in_c)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -18,7 +18,7 @@ from kodcode.llm.client import LLMClient, LLMRequest, LLMResponse, OpenAITranspo
 from kodcode.llm.prices import DEFAULT_PRICES, merged_prices, price_for
 from kodcode.llm.budget import Budget
 from kodcode.llm.fake import ScriptedTransport
-from kodcode.errors import ConfigError
+from kodcode.errors import ConfigError, EndpointUnavailable
 from scripted_openai import FailFirst, Fault, Reply, ScriptedOpenAIServer, ScriptedRequest
 
 Server = Callable[..., ScriptedOpenAIServer]
@@ -106,13 +106,14 @@ async def test_dead_endpoint_is_ejected_and_rejoins_after_restart(scripted_serve
         flaky.stop()
 
 
-async def test_every_endpoint_down_is_a_transient_error_for_the_client(scripted_server: Server) -> None:
+async def test_every_endpoint_down_pauses_the_client_until_max_outage(scripted_server: Server) -> None:
     server = SamePortServer(answer).start()
     url = server.base_url
     server.stop()
     async with EndpointPool([EndpointSpec(url, kind="openai")], probe_base_s=0.05) as pool:
-        client = client_for(pool, max_retries=1)
-        with pytest.raises(Exception, match="gave up after 2 tries"):
+        client = client_for(pool, max_retries=1, max_outage_s=0.3, probe_base_s=0.02, probe_cap_s=0.05)
+        # Not "gave up after 2 tries": a pool with every endpoint down is an outage, waited out, then a stop.
+        with pytest.raises(EndpointUnavailable, match="longer than --max-outage"):
             await client.complete(chat("nobody home"))
         assert pool.status(url).ejections == 1
         await client.aclose()

@@ -8,6 +8,8 @@ import io
 import pytest
 from rich.console import Console
 
+from kodcode.llm.outage import OutageStatus, waiting_line
+
 from kodcode.app.progress import (ProgressSnapshot, ProgressView, derive, format_duration, plain_line, render_panel,
                               windowed_rate)
 
@@ -94,3 +96,13 @@ def test_panel_shows_states_and_stop_reason() -> None:
     text = out.getvalue()
     assert "verified 6" in text and "duplicate 2" in text and "4/8 in flight, 9 queued" in text
     assert "stopping: target reached" in text and "ETA 1m40s" in text
+
+
+def test_a_paused_endpoint_is_named_in_the_line_and_the_panel() -> None:
+    waiting = waiting_line(OutageStatus("http://127.0.0.1:8000/v1", ("default",), "connection refused", 42.0, 8.0, 3))
+    assert waiting == ("waiting for endpoint http://127.0.0.1:8000/v1 (default): connection refused, retrying in 8 s"
+                       " (down 42 s)")
+    assert waiting in plain_line(snapshot(waiting_for=(waiting,)))
+    out = io.StringIO()
+    Console(file=out, width=200).print(render_panel(snapshot(waiting_for=(waiting,))))
+    assert "paused: waiting for endpoint http://127.0.0.1:8000/v1" in out.getvalue()

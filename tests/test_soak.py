@@ -101,7 +101,7 @@ def uninterrupted(db: Path, target: int) -> subprocess.Popen[str]:
 @dataclass
 class SoakResult:
     kills: int = 0                 # SIGKILLs that landed while the run was working
-    terms: int = 0                 # SIGTERMs that ended in a graceful exit 0
+    terms: int = 0                 # SIGTERMs that ended in a graceful exit 143 (128 + SIGTERM)
     resumes: int = 0               # runs started on an existing store
     finished_early: int = 0        # runs that reached the target before their kill point
     resent: int = 0                # completed calls the server answered more than once
@@ -142,7 +142,7 @@ def soak(db: Path, *, target: int, kills: int, seed: int, term_share: float = 0.
             result.stderr_tracebacks += "Traceback" in err
             if process.returncode == -signal.SIGKILL:
                 result.kills += 1
-            elif sig == signal.SIGTERM and process.returncode == 0 and "SIGTERM" in err:
+            elif sig == signal.SIGTERM and process.returncode == 128 + signal.SIGTERM and "SIGTERM" in err:
                 result.terms += 1
             elif process.returncode == 0:
                 result.finished_early += 1

@@ -60,7 +60,7 @@ async def test_a_newer_schema_is_refused_in_one_line(tmp_path: Path) -> None:
         await Store.open(db)
     message = str(caught.value)
     assert "\n" not in message
-    assert f"schema version {SCHEMA_VERSION + 1}" in message
+    assert f"written by a newer kodcode (schema {SCHEMA_VERSION + 1}); upgrade kodcode" in message
     # The refused open released the run lock: after a downgrade of the value, the store opens.
     conn = sqlite3.connect(db)
     conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))

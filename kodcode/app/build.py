@@ -115,7 +115,8 @@ async def assemble(config: Config, db_path: Path | str, stack: AsyncExitStack, *
             transports[role] = await stack.enter_async_context(open_transport(
                 specs, timeout_s=config.llm_timeout_s, ceiling=config.concurrency, logger=log))
     llm = LLMClient(transports, records, concurrency=config.concurrency, max_retries=config.llm_max_retries,
-                    budget=budget, logger=log)
+                    budget=budget, max_outage_s=config.max_outage_s, probe_base_s=config.outage_probe_s,
+                    probe_cap_s=max(30.0, config.outage_probe_s), logger=log)
     if sandbox is None:
         sandbox = await stack.enter_async_context(open_sandbox(
             workers=config.sandbox.workers, isolation=config.sandbox.isolation,

@@ -62,6 +62,7 @@ class ProgressSnapshot:
     sandbox_workers: int = 0
     rewrites_done: int = 0
     stopping: str | None = None                   # the stop reason once intake has closed
+    waiting_for: tuple[str, ...] = ()             # one line per endpoint that is down (its roles are paused)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def plain_line(snapshot: ProgressSnapshot, figures: DerivedFigures | None = None
             f" | llm {s.llm_in_flight} running {s.llm_waiting} queued {_count(s.llm_calls)} calls"
             f" {'-' if d.tokens_per_s is None else _count(d.tokens_per_s)} tok/s"
             f" | sandbox {sandbox} | ${s.cost_usd:.4f} | eta {eta}")
+    line += "".join(f" | {waiting}" for waiting in s.waiting_for)
     return line + (f" | stopping: {s.stopping}" if s.stopping else "")
 
 
@@ -193,10 +195,12 @@ def render_panel(snapshot: ProgressSnapshot, figures: DerivedFigures | None = No
                  "cost", f"${s.cost_usd:,.4f}" + (f" (${d.cost_per_verified:,.4f}/verified)" if d.cost_per_verified else ""))
     items = Text("items  ", style="dim").append_text(states if states else Text("none"))
     parts: list[Any] = [bar, items, grid]
+    for waiting in s.waiting_for:
+        parts.append(Text(f"paused: {waiting}", style="bold red"))
     if s.stopping:
         parts.append(Text(f"stopping: {s.stopping}", style="bold yellow"))
     return Panel(Group(*parts), title=f"kodcode · {format_duration(s.elapsed_s)}", title_align="left",
-                 border_style="yellow" if s.stopping else "blue")
+                 border_style="red" if s.waiting_for else "yellow" if s.stopping else "blue")
 
 
 class ProgressView:

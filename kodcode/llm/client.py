@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import openai
 
 from kodcode.errors import BudgetExhausted, ConfigError, LLMError
 from kodcode.llm.budget import Budget
+from kodcode.llm.outage import OutageGate, OutageStatus
 
 __all__ = [
     "CallRecorder",
@@ -35,7 +37,10 @@ __all__ = [
     "OpenAITransport",
     "TransientKind",
     "TransientLLMError",
+    "connection_fault",
     "preflight",
+    "transport_failure",
+    "transport_label",
     "stable_seed",
 ]
 
@@ -131,14 +136,18 @@ class TransientLLMError(LLMError):
     """Worth retrying: rate limits, 5xx, timeouts, dropped connections, malformed bodies.
 
     kind and headers let an endpoint pool tell a 429 (slow down) from a dead server (eject it) and
-    learn rate limits from the error response; None / empty where the transport does not know."""
+    learn rate limits from the error response; None / empty where the transport does not know.
+    outage, when set, says in a few words why the endpoint itself, not this request, failed ("connection
+    refused", "503 Service Unavailable"): such faults pause the endpoint's calls (kodcode.llm.outage)
+    instead of spending their retries."""
 
     def __init__(self, message: str, retry_after: float | None = None, *, kind: TransientKind | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, outage: str | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.kind = kind
         self.headers: Mapping[str, str] = headers or {}
+        self.outage = outage
 
 
 class LLMTransport(Protocol):
@@ -201,14 +210,20 @@ class OpenAITransport:
                                     kind="rate_limit", headers=_headers(exc.response)) from exc
         except openai.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409):
+                # 502/503/504 come from a proxy or a server that is not serving at all; a 500 may be this
+                # request's doing, so it stays an ordinary retry.
+                outage = (f"{exc.status_code} {_STATUS_WORDS[exc.status_code]}"
+                          if exc.status_code in _STATUS_WORDS else None)
                 raise TransientLLMError(f"{exc.status_code} from {self.base_url}", _retry_after(exc.response),
-                                        kind="server", headers=_headers(exc.response)) from exc
+                                        kind="server", headers=_headers(exc.response), outage=outage) from exc
             raise LLMError(f"{exc.status_code} from {self.base_url}: {_short(exc.message)}") from exc
         except openai.APITimeoutError as exc:
-            raise TransientLLMError(f"timeout waiting for {self.base_url}", kind="timeout") from exc
+            # Only a connect timeout says the endpoint is unreachable; a slow answer is about the request.
+            outage = "connect timeout" if _caused_by(exc, "ConnectTimeout") else None
+            raise TransientLLMError(f"timeout waiting for {self.base_url}", kind="timeout", outage=outage) from exc
         except openai.APIConnectionError as exc:
             raise TransientLLMError(f"connection to {self.base_url} failed: {_short(str(exc.__cause__ or exc))}",
-                                    kind="connection") from exc
+                                    kind="connection", outage=connection_fault(exc)) from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise TransientLLMError(f"malformed response from {self.base_url}: {_short(str(exc))}",
                                     kind="malformed") from exc
@@ -231,13 +246,70 @@ class OpenAITransport:
             await self._client.close()
 
 
+# How an item's failure reason reads when a kodcode before the outage gate gave up on a call because the
+# endpoint was down (this module's own words, wrapped by the actor as "<agent> error: LLMError: ...").
+_TRANSPORT_FAILURE = re.compile(
+    r"LLMError: (connection to \S+ failed|every endpoint of the pool is down|50[234] from \S+)"
+    r".*\(gave up after \d+ tries\)\s*$", re.DOTALL)
+
+
+def transport_failure(reason: str | None) -> bool:
+    """A failure reason that says the endpoint was unreachable, not that the model failed: such an item is
+    retried on resume (the outage gate keeps new ones from happening)."""
+    return bool(reason) and _TRANSPORT_FAILURE.search(reason or "") is not None
+
+
+_STATUS_WORDS = {502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _caused_by(error: BaseException, *names: str) -> bool:
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if type(seen).__name__ in names:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def connection_fault(error: BaseException) -> str:
+    """A connection failure in a few words, for the outage line ("connection refused")."""
+    if _caused_by(error, "ConnectionRefusedError"):
+        return "connection refused"
+    if _caused_by(error, "ConnectionResetError", "BrokenPipeError"):
+        return "connection reset"
+    if _caused_by(error, "ConnectTimeout"):
+        return "connect timeout"
+    if _caused_by(error, "ConnectError"):
+        # httpx words a refused connect as "All connection attempts failed" and drops the errno.
+        return "cannot connect"
+    return "connection lost"
+
+
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class _Paused(Exception):
+    """A call met its endpoint's outage: it waits at the gate (outside the limiter), then goes on."""
+
+
+def transport_label(transport: object) -> str:
+    """Where a transport sends requests, in the words a user knows (its URL or URLs)."""
+    for name in ("label", "base_url"):
+        value = getattr(transport, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(transport).__name__
+
+
 class LLMClient:
-    """The one way agents reach a model. `transports` maps a role to its endpoint."""
+    """The one way agents reach a model. `transports` maps a role to its endpoint.
+
+    Transient faults are retried with jittered backoff up to `max_retries`; transport faults (an endpoint
+    that is down: kodcode.llm.outage) pause that endpoint's calls instead, for up to `max_outage_s`."""
 
     def __init__(
         self,
@@ -249,6 +321,10 @@ class LLMClient:
         budget: Budget | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 30.0,
+        max_outage_s: float = 1800.0,
+        probe_base_s: float = 1.0,
+        probe_cap_s: float = 30.0,
+        outage_after: int = 3,
         logger: Any = None,
     ) -> None:
         self._transports = dict(transports)
@@ -263,6 +339,13 @@ class LLMClient:
         self._backoff_cap_s = backoff_cap_s
         self._log = logger
         self._random = random.Random()
+        # One gate per transport, shared by every role it serves: a dead server pauses all of them at once.
+        self._gates: dict[int, OutageGate] = {}
+        for transport in {id(t): t for t in self._transports.values()}.values():
+            roles = tuple(sorted(role for role, t in self._transports.items() if t is transport))
+            self._gates[id(transport)] = OutageGate(
+                transport_label(transport), roles, max_outage_s=max_outage_s, probe_base_s=probe_base_s,
+                probe_cap_s=probe_cap_s, outage_after=outage_after, logger=logger)
         self.cache_hits = 0
         self.retries = 0
         self.concurrency = concurrency
@@ -293,7 +376,12 @@ class LLMClient:
             "cache_hits": self.cache_hits,
             "retries": self.retries,
             "tokens": self.prompt_tokens + self.completion_tokens,
+            "outages": sum(gate.outages for gate in self._gates.values()),
         }
+
+    def outages(self) -> list[OutageStatus]:
+        """The endpoints that are down now (their roles are paused), for the progress view."""
+        return [status for gate in self._gates.values() if (status := gate.status()) is not None]
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         if self._recorder is not None:
@@ -304,25 +392,49 @@ class LLMClient:
         transport = self._transports.get(request.role) or self._transports.get("default")
         if transport is None:
             raise ConfigError(f"no LLM endpoint configured for role {request.role!r}")
-        async with self._limiter:
-            if reason := self._budget.exhausted():
-                raise BudgetExhausted(reason)
-            response = await self._send_with_retries(transport, request)
-            cost = self._budget.price(request.model, response.prompt_tokens, response.completion_tokens)
-            response = dataclasses.replace(response, cost_usd=cost)
-            # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
-            # And recorded while holding the slot: a killed run has at most `concurrency` answers that were
-            # paid for and not yet stored, however slow the disk is, not every answer awaiting its commit.
-            if self._recorder is not None:
-                await self._recorder.record_call(request, response)
+        gate = self._gates[id(transport)]
+        while True:
+            # Waiting for a down endpoint happens outside the limiter: a paused role holds no slot.
+            probing = await gate.wait_turn()
+            async with self._limiter:
+                if reason := self._budget.exhausted():
+                    if probing:
+                        gate.probe_abandoned()
+                    raise BudgetExhausted(reason)
+                try:
+                    response = await self._send_with_retries(transport, request, gate, probing)
+                except _Paused:
+                    continue
+                cost = self._budget.price(request.model, response.prompt_tokens, response.completion_tokens)
+                response = dataclasses.replace(response, cost_usd=cost)
+                # Recorded before charging: a charge that raises (no price for a model) must not lose a paid answer.
+                # And recorded while holding the slot: a killed run has at most `concurrency` answers that were
+                # paid for and not yet stored, however slow the disk is, not every answer awaiting its commit.
+                if self._recorder is not None:
+                    await self._recorder.record_call(request, response)
+            break
         self._budget.charge(request.model, response.prompt_tokens, response.completion_tokens)
         return response
 
-    async def _send_with_retries(self, transport: LLMTransport, request: LLMRequest) -> LLMResponse:
-        for retry in range(self._max_retries + 1):
+    async def _send_with_retries(self, transport: LLMTransport, request: LLMRequest, gate: OutageGate,
+                                 probing: bool) -> LLMResponse:
+        retry = 0
+        while True:
             try:
-                return await transport.send(request)
+                response = await transport.send(request)
             except TransientLLMError as exc:
+                if exc.outage is not None:
+                    if probing:
+                        gate.probe_failed(exc.outage)
+                        raise _Paused from exc
+                    if gate.note_fault(exc.outage, spent=retry >= self._max_retries):
+                        self._log_retry(request, exc, retry, 0.0, paused=True)
+                        self.retries += 1
+                        raise _Paused from exc
+                elif probing:
+                    # The endpoint answered, if not with a result: it is up; this fault is the request's own.
+                    gate.opened()
+                    probing = False
                 if retry >= self._max_retries:
                     raise LLMError(f"{exc} (gave up after {retry + 1} tries)") from exc
                 # Full jitter keeps a fleet of workers from retrying in lockstep after a shared 429.
@@ -330,12 +442,27 @@ class LLMClient:
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, 120.0))
                 self.retries += 1
-                if self._log is not None:
-                    self._log.warning("llm_retry", role=request.role, item_id=request.item_id,
-                                      attempt=request.attempt, error=str(exc), retry=retry + 1,
-                                      delay_s=round(delay, 3))
+                self._log_retry(request, exc, retry, delay)
+                retry += 1
                 await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+                continue
+            except LLMError:
+                if probing:   # a client error (400): the endpoint is up and answering
+                    gate.opened()
+                raise
+            except BaseException:
+                if probing:   # cancelled mid-probe: let another waiter probe
+                    gate.probe_abandoned()
+                raise
+            gate.opened()   # any answer proves the endpoint up, the prober's or a call sent before it closed
+            return response
+
+    def _log_retry(self, request: LLMRequest, exc: TransientLLMError, retry: int, delay: float, *,
+                   paused: bool = False) -> None:
+        if self._log is not None:
+            fields: dict[str, Any] = {"paused": True} if paused else {}
+            self._log.warning("llm_retry", role=request.role, item_id=request.item_id, attempt=request.attempt,
+                              error=str(exc), retry=retry + 1, delay_s=round(delay, 3), **fields)
 
     async def aclose(self) -> None:
         for transport in {id(t): t for t in self._transports.values()}.values():

@@ -406,7 +406,7 @@ class EndpointPool:
             return response
         assert last_error is not None
         raise TransientLLMError(f"{last_error} (tried {len(tried)} endpoint(s))", self._fleet_retry_after(last_error),
-                                kind=last_error.kind, headers=last_error.headers)
+                                kind=last_error.kind, headers=last_error.headers, outage=last_error.outage)
 
     async def __aenter__(self) -> "EndpointPool":
         task_group = anyio.create_task_group()
@@ -458,6 +458,11 @@ class EndpointPool:
         return next(s for s in self.statuses() if s.base_url == url)
 
     @property
+    def label(self) -> str:
+        """The pool's endpoints, as the outage line names them."""
+        return ",".join(endpoint.url for endpoint in self._endpoints)
+
+    @property
     def waiting(self) -> int:
         return sum(1 for waiter in self._waiters if not waiter.done)
 
@@ -468,7 +473,7 @@ class EndpointPool:
             raise LLMError("the endpoint pool is closed")
         if not any(e.healthy for e in self._endpoints):
             raise TransientLLMError(f"every endpoint of the pool is down ({', '.join(e.url for e in self._endpoints)})",
-                                    self._probe_base_s, kind="connection")
+                                    self._probe_base_s, kind="connection", outage="every endpoint is down")
         now = self._clock()
         if not self._waiters:  # fast path: nobody queued ahead
             endpoint = self._choose(tokens, exclude, now)
@@ -565,11 +570,11 @@ class EndpointPool:
             self._timer_at = math.inf
             self._dispatch()
 
-    def _fail_waiters(self, message: str) -> None:
+    def _fail_waiters(self, message: str, outage: str | None = None) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done:
-                waiter.fail(TransientLLMError(message, self._probe_base_s, kind="connection"))
+                waiter.fail(TransientLLMError(message, self._probe_base_s, kind="connection", outage=outage))
 
     # ---- outcomes --------------------------------------------------------------------------------
 
@@ -670,7 +675,7 @@ class EndpointPool:
         if self._log is not None:
             self._log.warning("endpoint_ejected", base_url=endpoint.url, reason=reason)
         if not any(e.healthy for e in self._endpoints):
-            self._fail_waiters(f"every endpoint of the pool is down; last: {reason}")
+            self._fail_waiters(f"every endpoint of the pool is down; last: {reason}", "every endpoint is down")
         if id(endpoint) not in self._probing and not self._closed:
             self._spawn(self._probe, endpoint)
 

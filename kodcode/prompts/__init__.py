@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import jinja2.meta
 
 from kodcode.errors import ConfigError
 
-__all__ = ["PromptLibrary", "RenderedPrompt", "TEMPLATE_DIR", "TEMPLATE_NAMES"]
+__all__ = ["PromptLibrary", "RenderedPrompt", "STAGE_VARIABLES", "TEMPLATE_DIR", "TEMPLATE_NAMES"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE_NAMES = (
@@ -31,6 +32,27 @@ TEMPLATE_NAMES = (
     "solve_and_test_joint",
     "rewrite_complete",
 )
+
+
+# What each stage hands its template (the agents' render() calls), with a value of the right shape for a
+# render probe. An overlay that uses anything else would render it as an error mid-run, after calls were
+# paid for; it is refused when the library loads instead.
+STAGE_VARIABLES: dict[str, dict[str, object]] = {
+    "propose_prefill": {"prefix": "Write a python function"},
+    "propose_from_seeds": {"seeds": ["Reverse a list.", "Sum a list."]},
+    "propose_from_snippet": {"snippet": "def f(x):\n    return x\n"},
+    "propose_from_docs": {"document": "f(x) returns x.", "api": "module.f"},
+    "propose_evolve": {"question": "Reverse a list.", "method": "add a constraint"},
+    "propose_free": {},
+    "tag_question": {"question": "Reverse a list.", "categories": ["Algorithm", "Data Structure"]},
+    "solve": {"question": "Write a function f."},
+    "test_split": {"question": "Write a function f.", "solution": "def f():\n    return 1", "entry_point": "f"},
+    "solve_and_test_joint": {"question": "Write a function f."},
+    "rewrite_complete": {"question": "Write a function f.", "solution": "def f():\n    return 1",
+                         "tests": "from solution import f\n\ndef test_f():\n    assert f() == 1",
+                         "signature": "def f()"},
+    "reason_answer": {"question": "Write a function f."},
+}
 
 
 @dataclass(frozen=True)
@@ -74,8 +96,23 @@ class PromptLibrary:
             except UnicodeDecodeError:  # an overlay file saved in another encoding
                 raise ConfigError(f"prompt template {name}.j2 is not UTF-8 text") from None
             digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+            self._check_variables(name, source)
             self._cache[name] = (template, digest)
         return self._cache[name]
+
+    def _check_variables(self, name: str, source: str) -> None:
+        """Refuse a template that uses a variable its stage does not provide, in any branch (a static look
+        at the template, then a render with values of the stage's real shapes)."""
+        provided = STAGE_VARIABLES.get(name)
+        if provided is None:
+            return
+        where = self._env.loader.get_source(self._env, f"{name}.j2")[1]  # type: ignore[union-attr]
+        unknown = sorted(jinja2.meta.find_undeclared_variables(self._env.parse(source))
+                         - set(provided) - set(self._env.globals))
+        if unknown:
+            offer = ", ".join(sorted(provided)) or "none"
+            raise ConfigError(f"prompt template {where} uses {', '.join(unknown)}, which the {name} stage does not "
+                              f"provide (it provides: {offer})")
 
     def template_hash(self, name: str) -> str:
         return self._load(name)[1]
@@ -95,4 +132,7 @@ class PromptLibrary:
         return RenderedPrompt(name, digest, parts["system"], parts["user"])
 
     def hashes(self) -> dict[str, str]:
+        """Every template's hash; loading them all checks each one before anything is paid for."""
+        for name in STAGE_VARIABLES:
+            self.render(name, **STAGE_VARIABLES[name])    # the render probe: a template that cannot render fails here
         return {name: self.template_hash(name) for name in TEMPLATE_NAMES}

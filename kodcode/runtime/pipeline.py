@@ -39,7 +39,7 @@ from kodcode.agents.rewriter import Rewriter
 from kodcode.agents.solver import Solver
 from kodcode.agents.sources import SourceMix
 from kodcode.agents.tester import Tester
-from kodcode.errors import BudgetExhausted
+from kodcode.errors import BudgetExhausted, EndpointUnavailable
 from kodcode.messages import AttemptResult, AttemptTask, ProposeTask, ReasonTask, RewriteTask
 from kodcode.runtime.actor import Actor, StopHandling
 from kodcode.runtime.mailbox import FifoMailbox, PriorityMailbox
@@ -59,6 +59,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     llm: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    outage: str | None = None        # set when an endpoint stayed down past --max-outage and stopped the run
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class RunSummary:
             "items": self.counts,
             "llm": self.llm,
             "elapsed_s": round(self.elapsed_s, 2),
+            **({"outage": self.outage} if self.outage else {}),
         }
 
 
@@ -201,9 +203,16 @@ class Pipeline:
             await self._send(self.reasoner, ReasonTask(item_id, style, sample, question, solution, tests, entry_point))
 
     async def _guard(self, work: Awaitable[M]) -> M:
+        """Conditions of the run, not of the item: stop the run and leave the item where the store has it
+        (never on_failure: an item is not failed for a spent budget or an endpoint that stayed down)."""
         try:
             return await work
         except BudgetExhausted as exc:
+            self.request_stop(str(exc))
+            raise StopHandling from exc
+        except EndpointUnavailable as exc:
+            if self.summary.outage is None:
+                self.summary.outage = str(exc)
             self.request_stop(str(exc))
             raise StopHandling from exc
 
@@ -321,6 +330,11 @@ class Pipeline:
 
     async def _resume(self) -> None:
         records = self.ctx.records
+        # Before the counts are read: what an older kodcode failed for a down endpoint is work again.
+        reopened = await records.reopen_transport_failures()
+        if reopened:
+            self.log.warning("reopened_transport_failures", items=len(reopened),
+                             item_ids=[entry["item_id"] for entry in reopened[:20]])
         await self.sources.load_verified(records)
         self._counts = Counter(await records.counts())
         self._settled_at_start = self._settled

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from kodcode.messages import ProposeTask, ReasonTask
-from kodcode.llm.client import LLMRequest, LLMResponse
+from kodcode.llm.client import LLMRequest, LLMResponse, transport_failure
 from kodcode.store.port import ITEM_STATES, TERMINAL_STATES, OpenItem, ResumeState
 from kodcode.store.sqlite import Op, Store, dumps, now
 from kodcode.sandbox.base import Verdict
@@ -236,6 +236,77 @@ class SqliteRecords:
 
     # -- resume and counts -----------------------------------------------------------------------------
 
+    async def reopen_transport_failures(self) -> list[dict[str, Any]]:
+        """Put back to work what an older kodcode failed because an endpoint was down (before the outage
+        gate, such calls gave up after their retries): a proposal goes back to 'proposing'; an item whose
+        last attempts failed so goes back to 'open' with the first of them 'queued' again and the ones
+        after it removed (their answered calls stay in the call cache, so nothing paid for is paid again,
+        and attempt numbers keep no gap); a rewrite or reasoning sample so failed is dropped, to be redone.
+        Each reopened item gets a 'reopen' decision and a `reopened` entry in its lineage saying why.
+        Returns one record per reopened item (for the log). Idempotent: a second call finds nothing."""
+        t = now()
+        reopened: list[dict[str, Any]] = []
+        ops: list[Op] = []
+        pattern = "%gave up after%"
+        for row in await self.store.rows(
+                "SELECT item_id, reason, lineage FROM items WHERE state='failed' AND question IS NULL"
+                " AND reason LIKE ? ORDER BY seq", (pattern,)):
+            if not transport_failure(row["reason"]):
+                continue
+            note = {"at": t, "run_id": self.run_id, "was": "failed", "reason": row["reason"], "now": "proposing"}
+            ops.append(("UPDATE items SET state='proposing', reason=NULL, lineage=?, updated_at=? WHERE item_id=?",
+                        (dumps(_with_reopened(row["lineage"], note)), t, row["item_id"])))
+            ops.append(_reopen_decision(row["item_id"], 0, f"proposal failed for a transport reason: {row['reason']}",
+                                        self.run_id, t))
+            reopened.append({"item_id": row["item_id"], "state": "proposing"})
+        attempts = await self.store.rows(
+            "SELECT a.item_id, a.attempt, a.state, a.reason, i.state AS item_state, i.lineage AS item_lineage"
+            " FROM attempts a JOIN items i USING(item_id) WHERE i.state IN ('failed', 'open') AND i.item_id IN"
+            " (SELECT item_id FROM attempts WHERE state='judged' AND passed=0 AND reason LIKE ?)"
+            " ORDER BY i.seq, a.attempt", (pattern,))
+        by_item: dict[str, list[Any]] = {}
+        for row in attempts:
+            by_item.setdefault(row["item_id"], []).append(row)
+        for item_id, rows in by_item.items():
+            # The first attempt from which on every attempt failed for a transport reason or never finished.
+            first: int | None = None
+            for row in rows:
+                lost = row["state"] == "judged" and transport_failure(row["reason"])
+                if lost and first is None:
+                    first = row["attempt"]
+                elif not lost and row["state"] == "judged":
+                    first = None
+            if first is None:
+                continue
+            reasons = [row["reason"] for row in rows if row["attempt"] >= first and row["state"] == "judged"]
+            last = rows[-1]["attempt"]
+            span = f"attempt {first}" if last == first else f"attempts {first}-{last}"
+            why = f"{span} failed for a transport reason ({reasons[0]}); attempt {first} runs again"
+            note = {"at": t, "run_id": self.run_id, "was": rows[0]["item_state"], "reason": reasons[0],
+                    "attempts": [row["attempt"] for row in rows if row["attempt"] >= first], "now": "open"}
+            ops.append(("DELETE FROM attempts WHERE item_id=? AND attempt>?", (item_id, first)))
+            ops.append(("UPDATE attempts SET state='queued', passed=NULL, reason=NULL, test_results=NULL,"
+                        " coverage=NULL, duration_s=NULL, gates=NULL, mutation_score=NULL,"
+                        " lineage=json_set(lineage, '$.transport_failure', ?), updated_at=?"
+                        " WHERE item_id=? AND attempt=?", (reasons[0], t, item_id, first)))
+            ops.append(("UPDATE items SET state='open', reason=NULL, difficulty=NULL, pass_sequence=NULL,"
+                        " chosen_attempt=NULL, entry_point=NULL, lineage=?, updated_at=? WHERE item_id=?",
+                        (dumps(_with_reopened(rows[0]["item_lineage"], note)), t, item_id)))
+            ops.append(_reopen_decision(item_id, first - 1, why, self.run_id, t))
+            reopened.append({"item_id": item_id, "state": "open", "attempt": first})
+        for row in await self.store.rows("SELECT item_id, style, reason FROM rewrites WHERE state='rejected'"
+                                         " AND reason LIKE ?", (pattern,)):
+            if transport_failure(row["reason"]):
+                ops.append(("DELETE FROM rewrites WHERE item_id=? AND style=?", (row["item_id"], row["style"])))
+        for row in await self.store.rows("SELECT item_id, style, sample, reason FROM responses WHERE passed=0"
+                                         " AND reason LIKE ?", (pattern,)):
+            if transport_failure(row["reason"]):
+                ops.append(("DELETE FROM responses WHERE item_id=? AND style=? AND sample=?",
+                            (row["item_id"], row["style"], row["sample"])))
+        if ops:
+            await self.store.write(ops)
+        return reopened
+
     async def resume_state(self, styles: tuple[str, ...]) -> ResumeState:
         proposing = tuple(
             ProposeTask(item_id=row["item_id"], seq=row["seq"], source=row["source"], subset=row["subset"],
@@ -275,3 +346,19 @@ class SqliteRecords:
             "SELECT SUM(state='verified'), SUM(state IN (" + ",".join("?" * len(TERMINAL_STATES)) + "))"
             " FROM items", TERMINAL_STATES))[0]
         return int(row[0] or 0), int(row[1] or 0)
+
+
+def _with_reopened(lineage: str | None, note: dict[str, Any]) -> dict[str, Any]:
+    try:
+        data = json.loads(lineage) if lineage else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {"previous": data}
+    data["reopened"] = [*data.get("reopened", []), note]
+    return data
+
+
+def _reopen_decision(item_id: str, attempts: int, reason: str, run_id: str | None, t: float) -> Op:
+    return ("INSERT INTO decisions(item_id, attempts, action, reason, run_id, created_at) VALUES(?,?,?,?,?,?)",
+            (item_id, attempts, "reopen", reason, run_id, t))

@@ -193,6 +193,8 @@ class Store:
         lock_fd = None
         if path != ":memory:":
             db_path = Path(path)
+            if db_path.is_dir():
+                raise StoreError(f"--db {db_path} is a directory; give the store's file, e.g. {db_path / 'kodcode.db'}")
             try:
                 db_path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -214,29 +216,50 @@ class Store:
     async def _setup(self, synchronous: str) -> None:
         try:
             await self._conn.execute("PRAGMA busy_timeout=5000")
+            # The versions are read before anything is written (the WAL switch, the meta table): a store this
+            # kodcode must refuse is left byte for byte as it was.
+            version = await self._schema_version()
             if self.path != ":memory:":
                 await self._conn.execute("PRAGMA journal_mode=WAL")
             await self._conn.execute(f"PRAGMA synchronous={synchronous}")
             await self._conn.execute("PRAGMA foreign_keys=ON")
             await self._conn.execute("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            version = int(await self.scalar("SELECT value FROM meta WHERE key='schema_version'") or 0)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {self.path} cannot be used: {exc}") from None
-        if version > SCHEMA_VERSION:
-            raise SchemaError(
-                f"store {self.path} has schema version {version}, this kodcode knows up to {SCHEMA_VERSION}: "
-                "upgrade kodcode (pip install -U kodcode) or use another --db"
-            )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
                 await self._run_script(_MIGRATIONS[target])
                 await self._conn.execute(
                     "INSERT OR REPLACE INTO meta(key, value) VALUES('schema_version', ?)", (str(target),))
+                # Mirrored in the file header, where any SQLite tool (and an older kodcode) can read it.
+                await self._conn.execute(f"PRAGMA user_version={target}")
                 await self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 await self._rollback()
                 raise StoreError(f"store {self.path}: migration to schema {target} failed: {exc}{_write_hint(exc)}") from None
+
+    async def _schema_version(self) -> int:
+        """The store's schema version: meta.schema_version, checked against the header's user_version.
+        Refuses a store from a newer kodcode and a version that is not a number (SchemaError)."""
+        async def scalar(sql: str) -> Any:   # sqlite3 errors raw: _setup words them ("cannot be used")
+            async with self._conn.execute(sql) as cursor:
+                row = await cursor.fetchone()
+            return row[0] if row else None
+
+        header = int(await scalar("PRAGMA user_version") or 0)
+        has_meta = await scalar("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'")
+        raw = await scalar("SELECT value FROM meta WHERE key='schema_version'") if has_meta else None
+        try:
+            version = int(str(raw).strip()) if raw is not None else 0
+        except ValueError:
+            raise SchemaError(f"store {self.path} has a schema version that is not a number ({str(raw)[:40]!r} in "
+                              "its meta table): it was not written by kodcode, or was edited; use another --db") from None
+        newest = max(version, header)
+        if newest > SCHEMA_VERSION:
+            raise SchemaError(f"store {self.path} was written by a newer kodcode (schema {newest}); upgrade kodcode "
+                              f"(this one knows schema {SCHEMA_VERSION} at most: pip install -U kodcode) or use another --db")
+        return version
 
     async def _run_script(self, script: str) -> None:
         # executescript() would COMMIT first; run the statements one by one inside our transaction.
