@@ -201,7 +201,10 @@ class Store:
                 raise StoreError(f"cannot create the store's directory {db_path.parent}: {exc.strerror}") from None
             lock_fd = _lock_exclusively(db_path)
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            # Shielded: a connect abandoned half-way (Ctrl-C at start-up) leaves aiosqlite's thread posting
+            # its result to an event loop that is already closed, a traceback after a clean stop.
+            with anyio.CancelScope(shield=True):
+                conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             _unlock(lock_fd)
             raise StoreError(f"cannot open store {path}: {exc}") from None
@@ -268,8 +271,11 @@ class Store:
                 await self._conn.execute(statement)
 
     async def aclose(self) -> None:
+        # Shielded for the same reason: closing is what a cancelled run does last, and an unfinished close
+        # leaves the connection's thread behind the event loop.
         try:
-            await self._conn.close()
+            with anyio.CancelScope(shield=True):
+                await self._conn.close()
         finally:
             _unlock(self._lock_fd)
             self._lock_fd = None
