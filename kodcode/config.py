@@ -19,6 +19,7 @@ __all__ = [
     "Config",
     "EndpointSettings",
     "GateSettings",
+    "MatrixSettings",
     "RoleSettings",
     "SandboxSettings",
     "SourceSettings",
@@ -107,6 +108,21 @@ class GateSettings(_Strict):
     vacuous: Literal["flag", "reject"] = "flag"          # flag: reject only when every test is vacuous
 
 
+class MatrixSettings(_Strict):
+    """The execution matrix (kodcode.agents.matrix): every solution of an item against every test file of it,
+    a triplet accepted by consensus (kodcode.quality.consensus). Off: each attempt is judged on its own
+    tests alone, the paper's way."""
+
+    enabled: bool = True
+    # Agreeing solutions needed before a test function they all fail is dropped from the accepted file;
+    # one solution failing a test is no evidence against the test.
+    min_agree_to_drop: int = Field(2, ge=1)
+    # Share of the detectable real wrong solutions the accepted tests must reject.
+    detection_threshold: float = Field(1.0, ge=0.0, le=1.0)
+    # Candidate triplets put through the gates per update at most (each costs a mutation run).
+    max_gated: int = Field(3, ge=1, le=20)
+
+
 class VLLMSettings(_Strict):
     """The in-process vLLM engine (--backend vllm)."""
 
@@ -141,6 +157,7 @@ class Config(_Strict):
     sources: SourceSettings = SourceSettings()
     sandbox: SandboxSettings = SandboxSettings()
     gates: GateSettings = GateSettings()
+    matrix: MatrixSettings = MatrixSettings()
     prompts_dir: Path | None = None
     budget_calls: int | None = Field(None, ge=1)
     budget_tokens: int | None = Field(None, ge=1)

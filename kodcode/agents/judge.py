@@ -23,6 +23,7 @@ from typing import Any
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
 from kodcode.parsing import ParseFailure, extract_code, solution_entry_point
+from kodcode.quality.consensus import function_outcomes
 from kodcode.quality.mutation import MutationReport, generate_mutants, mutant_limits, run_mutation_gate
 from kodcode.quality.vacuous import VacuityReport, find_vacuous_tests
 from kodcode.llm.client import stable_seed
@@ -63,7 +64,14 @@ class Judge:
         ctx = self.ctx
         verdict = await ctx.sandbox.run(task.solution, task.tests)
         judgement = Judgement(verdict, verdict.passed, verdict.reason)
-        if verdict.passed:
+        if ctx.config.matrix.enabled:
+            # The diagonal cell of the execution matrix; the gates judge the consensus triplet instead
+            # (kodcode.agents.matrix), which need not be this attempt's solution with its own tests.
+            await ctx.records.save_matrix_cells(task.item_id, [{
+                "solution_attempt": task.attempt, "tests_attempt": task.attempt, "passed": verdict.passed,
+                "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests),
+                "reason": verdict.reason, "duration_s": round(verdict.duration_s, 4)}])
+        elif verdict.passed:
             judgement = await self._gate(task, verdict)
         final = verdict if judgement.passed == verdict.passed else replace(verdict, passed=False, reason=judgement.reason)
         score = judgement.mutation.score if judgement.mutation is not None else None

@@ -1,8 +1,12 @@
 """The pipeline: five agents on actors, wired with backpressure, driven by the scheduler, resumable.
 
-    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► scheduler ─┬─► Rewriter ─► Reasoner
-                                     ▲                                                   │
-                                     └────────────── another attempt ◄───────────────────┘
+    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► matrix ─► scheduler ─┬─► Rewriter ─► Reasoner
+                                     ▲                                                             │
+                                     └────────────────── another attempt ◄─────────────────────────┘
+
+The matrix step (on by default, config `matrix`) runs every solution of the item against every test
+file of it after each attempt and accepts a triplet by consensus; the scheduler then sees each
+attempt's pass/fail against the accepted tests.
 
 Every message is preceded by a committed store write that records where its item stands, so on resume
 each item re-enters at its last committed state. The attempt queue is unbounded on purpose: the Judge
@@ -32,6 +36,7 @@ import anyio
 
 from kodcode.agents.context import AgentContext
 from kodcode.agents.judge import Judge
+from kodcode.agents.matrix import Matrix, MatrixOutcome
 from kodcode.agents.proposer import Proposer, QuestionGate
 from kodcode.agents.reasoner import Reasoner
 from kodcode.agents.rewriter import Rewriter
@@ -86,6 +91,7 @@ class Pipeline:
         self._solver = Solver(ctx)
         self._tester = Tester(ctx)
         self._judge = Judge(ctx)
+        self._matrix = Matrix(ctx) if self.config.matrix.enabled else None
         self._rewriter = Rewriter(ctx)
         self._reasoner = Reasoner(ctx)
         retries = self.config.item_retries
@@ -246,7 +252,14 @@ class Pipeline:
         records = self.ctx.records
         self.attempts_judged += 1
         self.attempts_passed += int(result.passed)
-        history = await records.pass_history(result.item_id)
+        matrix: MatrixOutcome | None = None
+        if self._matrix is not None:
+            # Every solution against every test file; pass/fail of each attempt is then judged against
+            # the consensus's accepted tests, not the attempt's own (kodcode.quality.consensus).
+            matrix = await self._guard(self._matrix.update(result.item_id))
+            history = list(matrix.pass_sequence)
+        else:
+            history = await records.pass_history(result.item_id)
         decision = self.policy.decide(history)
         attempts = len(history)
         log = self.log.bind(agent="scheduler", item_id=result.item_id, attempt=attempts)
@@ -257,8 +270,14 @@ class Pipeline:
             log.info("decision", action="retry", priority=round(decision.priority, 4), reason=decision.reason)
             await self._schedule(result.item_id, attempts + 1, priority=decision.priority, decided=True)
             return
-        verified = any(history)
-        best = await records.best_attempt(result.item_id) if verified else None
+        verified = matrix.verified if matrix is not None else any(history)
+        best: dict[str, Any] | None = None
+        if matrix is not None and matrix.verified:
+            assert matrix.accepted is not None
+            best = {"attempt": matrix.accepted["solution_attempt"], "solution": matrix.solution,
+                    "tests": matrix.tests, "entry_point": matrix.entry_point}
+        elif verified:
+            best = await records.best_attempt(result.item_id)
         label = decision.label or paper_label(history)
         await records.decide(
             result.item_id, attempts, decision.action if decision.action != "retry" else "give_up",

@@ -180,7 +180,8 @@ class ItemSample:
 def sample_items(conn: ReadConnection, n: int, seed: int) -> list[ItemSample]:
     """`n` verified items, the same ones for the same store and seed whatever order they were stored in."""
     rows = conn.execute(
-        "SELECT i.item_id, i.question, a.solution, a.tests, COALESCE(a.entry_point, i.entry_point) AS entry_point"
+        "SELECT i.item_id, i.question, a.solution, COALESCE(i.accepted_tests, a.tests) AS tests,"
+        " COALESCE(a.entry_point, i.entry_point) AS entry_point"
         " FROM items i JOIN attempts a ON a.item_id = i.item_id AND a.attempt = i.chosen_attempt"
         " WHERE i.state = 'verified' AND a.solution IS NOT NULL AND a.tests IS NOT NULL").fetchall()
     items = [ItemSample(r["item_id"], r["question"], r["solution"], r["tests"], r["entry_point"] or "") for r in rows]
