@@ -156,3 +156,61 @@ async def test_detection_gate_rejects_tests_that_pass_a_known_wrong_solution(fak
         outcome = await matrix.update(ITEM)
     assert outcome.verified and outcome.accepted["tests_attempt"] == 4
     assert outcome.accepted["rejected"] == [1] and outcome.pass_sequence == (False, True, True, True)
+
+
+# -- end to end: kodcode.run with the matrix (default) and without, then export and report ---------------
+
+def test_run_with_matrix_exports_its_evidence_and_reports_detection(fake_coder_server, run_dir: Path) -> None:
+    from helpers import query, run_kodcode
+
+    coder, server = fake_coder_server(fail_first={"sum_of_evens": 2, "reverse_words": 1})
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--target", "4", "--concurrency", "2",
+                         "--mode", "split", "--max-attempts", "4", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    # Tests are written from the fixed signature (test_signature), not from a solution's body.
+    templates = {row[0] for row in query(db, "SELECT template FROM llm_calls WHERE role='tester'")}
+    assert templates == {"test_signature"}
+    verified = query(db, "SELECT COUNT(*) FROM items WHERE state='verified' AND consensus IS NOT NULL"
+                         " AND accepted_tests IS NOT NULL")[0][0]
+    assert verified >= 4
+    out = run_dir / "out.jsonl"
+    assert run_kodcode("export", "--db", str(db), "--out", str(out)).returncode == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines() if json.loads(line)["style"] == "instruct"]
+    assert len(rows) == verified
+    for row in rows:
+        matrix = row["metadata"]["matrix"]
+        assert matrix["rule"] == "codet-dual-agreement" and matrix["consensus_score"] >= 1
+        assert row["trials"][row["chosen_trial"]]["test_result"] == "Pass"
+        assert row["gpt_pass_trial_num"] == sum(row["gpt_pass_sequence"]) >= 1
+        attempts = len(row["gpt_pass_sequence"])
+        assert {(s, t) for s, t, _, _ in matrix["cells"]} <= {(s, t) for s in range(1, attempts + 1)
+                                                               for t in range(1, attempts + 1)}
+        if "sum of all even integers" in row["question"]:
+            # Two wrong solutions, then a right one: both wrong ones are real wrong solutions the
+            # accepted tests reject.
+            assert row["gpt_pass_sequence"][:3] == [0, 0, 1]
+            assert matrix["wrong_attempts"][:2] == [1, 2] and matrix["detection_rate"] == 1.0
+    # fail_first makes real wrong solutions; wherever the matrix met one, the accepted tests rejected it.
+    assert any(row["metadata"]["matrix"]["wrong_attempts"] for row in rows)
+    assert all(row["metadata"]["matrix"]["detection_rate"] in (None, 1.0) for row in rows)
+    report = run_kodcode("report", "--db", str(db))
+    assert report.returncode == 0, report.stderr
+    assert "execution matrix:" in report.stdout and "detection of the model's real wrong solutions" in report.stdout
+
+
+def test_run_without_matrix_judges_each_attempt_alone(fake_coder_server, run_dir: Path) -> None:
+    from helpers import query, run_kodcode
+
+    _coder, server = fake_coder_server(fail_first={"sum_of_evens": 1})
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--target", "2", "--concurrency", "2",
+                         "--mode", "split", "--no-matrix", "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert query(db, "SELECT COUNT(*) FROM matrix")[0][0] == 0
+    assert query(db, "SELECT COUNT(*) FROM items WHERE consensus IS NOT NULL")[0][0] == 0
+    assert {row[0] for row in query(db, "SELECT template FROM llm_calls WHERE role='tester'")} == {"test_split"}
+    out = run_dir / "out.jsonl"
+    assert run_kodcode("export", "--db", str(db), "--out", str(out)).returncode == 0
+    for line in out.read_text().splitlines():
+        assert "matrix" not in json.loads(line)["metadata"]

@@ -23,11 +23,13 @@ __all__ = [
     "ReadConnection",
     "Row",
     "attempt_lineages",
+    "consensus_rows",
     "item_rows",
     "judged_attempts",
     "llm_spend_by_model",
     "llm_spend_by_role",
     "llm_totals",
+    "matrix_cells",
     "open_readonly",
     "prompt_trials",
     "responses",
@@ -133,6 +135,26 @@ def prompt_trials(conn: ReadConnection) -> list[dict[str, Any]]:
 @_reading
 def state_counts(conn: ReadConnection) -> dict[str, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state")}
+
+
+@_reading
+def consensus_rows(conn: ReadConnection) -> list[dict[str, Any]]:
+    """Each item's execution-matrix consensus (items.consensus JSON), in proposal order; none in a store
+    from before the matrix (schema < 5) or from a run without it."""
+    if "consensus" not in {row[1] for row in conn.execute("PRAGMA table_info(items)")}:
+        return []
+    return [{"item_id": row["item_id"], "state": row["state"], "consensus": json.loads(row["consensus"])}
+            for row in conn.execute("SELECT item_id, state, consensus FROM items WHERE consensus IS NOT NULL ORDER BY seq")]
+
+
+@_reading
+def matrix_cells(conn: ReadConnection, item_id: str) -> list[dict[str, Any]]:
+    """One item's matrix cells: (solution attempt, tests attempt, passed, per-function outcomes)."""
+    if not _has_table(conn, "matrix"):
+        return []
+    return [{"solution_attempt": row[0], "tests_attempt": row[1], "passed": bool(row[2]), "outcomes": json.loads(row[3])}
+            for row in conn.execute("SELECT solution_attempt, tests_attempt, passed, outcomes FROM matrix WHERE item_id=?"
+                                    " ORDER BY solution_attempt, tests_attempt", (item_id,))]
 
 
 # -- export -------------------------------------------------------------------------------------------
