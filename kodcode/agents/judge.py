@@ -88,6 +88,18 @@ class Judge:
                      duration_s=round(verdict.duration_s, 3))
         return judgement
 
+    async def judge_against(self, task: AttemptTask, tests: str) -> AttemptResult:
+        """A solution-only attempt (the matrix has accepted tests already, so no Tester call was paid):
+        its verdict is the accepted tests' on it. The attempt keeps no tests of its own, so it adds a row
+        to the matrix and no column."""
+        assert task.solution is not None
+        verdict = await self.ctx.sandbox.run(task.solution, tests)
+        await self.ctx.records.save_verdict(task.item_id, task.attempt, verdict, gates={"judged_by": "accepted tests"})
+        self.ctx.log.info("attempt_judged", item_id=task.item_id, attempt=task.attempt, passed=verdict.passed,
+                          reason=verdict.reason, coverage=verdict.coverage, tests=len(verdict.tests),
+                          duration_s=round(verdict.duration_s, 3), against="accepted tests")
+        return AttemptResult(task.item_id, task.attempt, verdict.passed, verdict.reason, verdict.coverage)
+
     async def _gate(self, task: AttemptTask, verdict: Verdict) -> Judgement:
         assert task.solution is not None and task.tests is not None
         settings = self.ctx.config.gates

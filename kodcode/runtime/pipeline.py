@@ -183,6 +183,13 @@ class Pipeline:
 
     async def _solve(self, task: AttemptTask) -> None:
         outcome = await self._guard(self._solver.handle(task))
+        if self._matrix is not None and isinstance(outcome, AttemptTask) and outcome.stage == "test":
+            accepted = await self.ctx.records.accepted_tests(outcome.item_id)
+            if accepted is not None:
+                # Verified already: this attempt only refines the label, and the accepted tests judge it.
+                # A test file of its own would cost a Tester call and add nothing the matrix needs.
+                await self.on_result(await self._guard(self._judge.judge_against(outcome, accepted)))
+                return
         await self._route(outcome)
 
     async def _test(self, task: AttemptTask) -> None:

@@ -195,6 +195,10 @@ class SqliteRecords:
         value = await self.store.scalar("SELECT consensus FROM items WHERE item_id=?", (item_id,))
         return json.loads(value) if value else None
 
+    async def accepted_tests(self, item_id: str) -> str | None:
+        """The test file the matrix's consensus accepted for the item (None: nothing accepted yet)."""
+        return await self.store.scalar("SELECT accepted_tests FROM items WHERE item_id=?", (item_id,))
+
     async def first_solution(self, item_id: str) -> tuple[str, str] | None:
         """(solution, entry point) of the item's earliest parsed solution: it fixes the signature."""
         rows = await self.store.rows(
