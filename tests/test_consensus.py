@@ -27,7 +27,7 @@ def wrong_tests_and_right_solutions() -> list[Cell]:
 
 def test_consensus_prefers_agreeing_solutions_over_a_self_consistent_wrong_pair() -> None:
     cells = wrong_tests_and_right_solutions()
-    ranked = candidates(cells, code_keys={1: "w", 2: "r1", 3: "r2"})
+    ranked = candidates(cells, code_keys={1: "w", 2: "r1", 3: "r2"}, min_agree_to_drop=2)
     best = ranked[0]
     # The diagonal (1, 1) passes in full, yet the two agreeing solutions outrank it: 2 x 7 > 1 x 5.
     assert best.group == (2, 3) and best.score == 2 * 7
@@ -38,13 +38,15 @@ def test_consensus_prefers_agreeing_solutions_over_a_self_consistent_wrong_pair(
 
 def test_a_wrong_test_function_is_dropped_only_on_distinct_agreement_and_recorded() -> None:
     cells = wrong_tests_and_right_solutions()
-    by_file = {c.tests: c for c in candidates(cells, code_keys={1: "w", 2: "r1", 3: "r2"})}
+    by_file = {c.tests: c for c in candidates(cells, code_keys={1: "w", 2: "r1", 3: "r2"}, min_agree_to_drop=2)}
     assert by_file[3].dropped == ("test_bad",) and by_file[3].kept == ("test_p", "test_q")
     # File 1 would keep 2 of 3 functions: allowed too, but it does not reject the wrong solution.
     assert by_file[1].dropped == ("test_a",) and by_file[1].rejected == ()
     # The same program twice is one opinion: nothing may be dropped on its word.
-    same = {c.tests for c in candidates(cells, code_keys={1: "w", 2: "r", 3: "r"})}
+    same = {c.tests for c in candidates(cells, code_keys={1: "w", 2: "r", 3: "r"}, min_agree_to_drop=2)}
     assert same == {2}
+    # The default asks three distinct programs: two are not enough either.
+    assert {c.tests for c in candidates(cells, code_keys={1: "w", 2: "r1", 3: "r2"})} == {2}
 
 
 def test_a_file_the_consensus_mostly_fails_is_not_trimmed_into_acceptance() -> None:
@@ -60,7 +62,7 @@ def test_detectable_and_undetectable_wrong_solutions() -> None:
         cell(1, 1, test_a=P, test_b=P, test_bad=F), cell(2, 1, test_a=P, test_b=P, test_bad=F),
         cell(3, 1, test_a=P, test_b=P, test_bad=P), cell(4, 1, test_a=F, test_b=P, test_bad=F),
     ]
-    best = candidates(cells, code_keys={1: "x", 2: "y", 3: "z", 4: "w"})[0]
+    best = candidates(cells, code_keys={1: "x", 2: "y", 3: "z", 4: "w"}, min_agree_to_drop=2)[0]
     assert best.group == (1, 2) and best.wrong == (3, 4)
     assert best.detectable == (4,) and best.rejected == (4,)
     assert best.detection_rate == 0.5 and best.gated_detection == 1.0

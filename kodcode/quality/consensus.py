@@ -9,7 +9,7 @@ outcome. The rule is CodeT's dual execution agreement (Chen et al. 2022), on tes
   with each other on many tests outrank a lone solution that passes its own tests;
 * the best group (score, then size, then pattern size, then earliest attempt) is the consensus. Its
   accepted test file is one of the item's test files with the group's failing functions dropped. A
-  function is dropped only when at least `min_agree_to_drop` (default 2) *distinct* agreeing programs
+  function is dropped only when at least `min_agree_to_drop` (default 3) *distinct* agreeing programs
   all fail it (one solution failing a test is no evidence against the test, and copies of one program
   are one opinion), and only a minority of the file's functions (a file the consensus mostly fails
   speaks against the consensus: every solution of a small model can share one mistake);
@@ -22,8 +22,19 @@ outcome. The rule is CodeT's dual execution agreement (Chen et al. 2022), on tes
 Why CodeT's product and not majority over solutions alone (rStar-Coder) or the diagonal (the paper):
 the diagonal accepts a solution whose tests encode its own mistake (the paper's 2 of 80 wrong); a
 majority of solutions ignores how much the tests discriminate (two solutions that both crash agree
-perfectly on nothing). The product needs both agreement and discriminating tests; see
-tests/test_consensus.py for the cases that decided it.
+perfectly on nothing). The product needs both agreement and discriminating tests. Measured on a
+synthetic world with ground truth (benchmarks/consensus_sim.py, 5000 questions, 3 attempts each;
+gates other than detection not modelled):
+
+    rule                         accepted  right  precision
+    diagonal (the paper)             2590   2290     0.884
+    majority of pass patterns        2972   2733     0.920
+    codet, drop on 2                 3846   3372     0.877
+    codet + detection, no drop       3048   2811     0.922
+    codet + detection, drop on 3     3272   3022     0.924   <- the default
+
+Dropping on the word of two programs buys yield at the cost of precision; on three distinct programs
+plus the detection gate it gives the most right triplets at the best precision.
 """
 
 from __future__ import annotations
@@ -111,7 +122,7 @@ def patterns(cells: Iterable[Cell]) -> tuple[dict[int, frozenset[TestKey]], dict
     return ({s: frozenset(p) for s, p in passed.items()}, {t: frozenset(f) for t, f in functions.items()})
 
 
-def candidates(cells: Sequence[Cell], *, min_agree_to_drop: int = 2,
+def candidates(cells: Sequence[Cell], *, min_agree_to_drop: int = 3,
                code_keys: Mapping[int, str] | None = None) -> list[Candidate]:
     """The consensus group's acceptable triplets, best first (empty: no solution passes any test).
 
