@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
+
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
 from kodcode.parsing import ParseFailure, extract_code, solution_entry_point
@@ -52,8 +54,16 @@ class Judgement:
 
 
 class Judge:
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, slots: anyio.CapacityLimiter | None = None) -> None:
+        """`slots`: sandbox runs in flight at most, shared with the Matrix agent (the pipeline's judge width)."""
         self.ctx = ctx
+        self._slots = slots
+
+    async def _run(self, solution: str, tests: str) -> Verdict:
+        if self._slots is None:
+            return await self.ctx.sandbox.run(solution, tests)
+        async with self._slots:
+            return await self.ctx.sandbox.run(solution, tests)
 
     async def handle(self, task: AttemptTask) -> AttemptResult:
         return (await self.judge(task)).result(task.item_id, task.attempt)
@@ -62,7 +72,7 @@ class Judge:
         """Run, gate, store and log one trial."""
         assert task.solution is not None and task.tests is not None
         ctx = self.ctx
-        verdict = await ctx.sandbox.run(task.solution, task.tests)
+        verdict = await self._run(task.solution, task.tests)
         judgement = Judgement(verdict, verdict.passed, verdict.reason)
         if ctx.config.matrix.enabled:
             # The diagonal cell of the execution matrix; the gates judge the consensus triplet instead
@@ -93,7 +103,7 @@ class Judge:
         its verdict is the accepted tests' on it. The attempt keeps no tests of its own, so it adds a row
         to the matrix and no column."""
         assert task.solution is not None
-        verdict = await self.ctx.sandbox.run(task.solution, tests)
+        verdict = await self._run(task.solution, tests)
         await self.ctx.records.save_verdict(task.item_id, task.attempt, verdict, gates={"judged_by": "accepted tests"})
         self.ctx.log.info("attempt_judged", item_id=task.item_id, attempt=task.attempt, passed=verdict.passed,
                           reason=verdict.reason, coverage=verdict.coverage, tests=len(verdict.tests),

@@ -45,9 +45,10 @@ class MatrixOutcome:
 
 
 class Matrix:
-    def __init__(self, ctx: AgentContext, *, concurrency: int = 4) -> None:
+    def __init__(self, ctx: AgentContext, slots: anyio.CapacityLimiter | None = None) -> None:
+        """`slots`: sandbox runs in flight at most, shared with the Judge (the pipeline's judge width)."""
         self.ctx = ctx
-        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._limiter = slots or anyio.CapacityLimiter(4)
 
     async def update(self, item_id: str) -> MatrixOutcome:
         records = self.ctx.records
@@ -141,7 +142,8 @@ class Matrix:
         result: dict[str, Any] = {"key": [candidate.solution, candidate.tests, list(candidate.dropped)],
                                   "reason": None}
         solution = _aliased(solution_row["solution"], solution_row["entry_point"], tests_entry)
-        verdict = await ctx.sandbox.run(solution, tests)
+        async with self._limiter:
+            verdict = await ctx.sandbox.run(solution, tests)
         if not verdict.passed:
             # Only reachable when functions were dropped (the cells say the rest passes) or on a flaky run.
             result["reason"] = f"accepted file fails: {verdict.reason}"

@@ -90,15 +90,19 @@ class Pipeline:
         self._proposer = Proposer(ctx, gate)
         self._solver = Solver(ctx)
         self._tester = Tester(ctx)
-        self._judge = Judge(ctx)
-        self._matrix = Matrix(ctx) if self.config.matrix.enabled else None
+        judges = max(2, concurrency // 2)
+        # One bound on sandbox runs for the Judge's trials and the matrix's cells, wherever they are called
+        # from (the matrix runs at the scheduler's turn, which a Solver or Tester worker may take).
+        sandbox_slots = anyio.CapacityLimiter(judges)
+        self._judge = Judge(ctx, sandbox_slots)
+        self._matrix = Matrix(ctx, sandbox_slots) if self.config.matrix.enabled else None
         self._rewriter = Rewriter(ctx)
         self._reasoner = Reasoner(ctx)
         retries = self.config.item_retries
         self.proposer: Actor[ProposeTask] = self._actor("proposer", self._propose, concurrency, FifoMailbox(concurrency), retries)
         self.solver: Actor[AttemptTask] = self._actor("solver", self._solve, concurrency, PriorityMailbox(), retries)
         self.tester: Actor[AttemptTask] = self._actor("tester", self._test, concurrency, FifoMailbox(concurrency), retries)
-        self.judge: Actor[AttemptTask] = self._actor("judge", self._judge_attempt, max(2, concurrency // 2),
+        self.judge: Actor[AttemptTask] = self._actor("judge", self._judge_attempt, judges,
                                                      FifoMailbox(concurrency), retries)
         self.rewriter: Actor[RewriteTask] = self._actor("rewriter", self._rewrite, max(1, concurrency // 2),
                                                         FifoMailbox(concurrency), retries)
