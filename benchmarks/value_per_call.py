@@ -15,6 +15,19 @@ another).
     .venv/bin/python benchmarks/value_per_call.py --limit 6                    # the embedded 0.5B model
     .venv/bin/python benchmarks/value_per_call.py --base-url URL --model M --limit 40
     .venv/bin/python benchmarks/value_per_call.py --scripted                   # CI: tests/fake_coder.py
+
+Measured (embedded 0.5B model, `--limit 5 --max-attempts 3 --concurrency 4`, 2 shared cores under
+other load, so wall times are noise; n = 5 is far too small to rank the arms):
+
+    arm                        verified  calls  compl tok  calls/verified  verified/call
+    (a) naive loop                  2/5     22       5334            11.0          0.091
+    (b) kodcode, --no-matrix        2/5     30       9073            15.0          0.067
+    (c) matrix, drop on 2           2/5     26       7897            13.0          0.077
+    (c) matrix, drop on 3           1/5     30     10,728            30.0          0.033   (the default)
+
+In the drop-on-2 run both accepted items had two distinct, right programs agreeing, and the dropped
+functions were wrong (`second_largest([5]) is 5`, a `chunk` test expecting a lost tail); with three
+attempts, dropping on 3 needs all three to agree.
 """
 
 from __future__ import annotations

@@ -110,7 +110,11 @@ class Matrix:
         ranked = candidates(cells, min_agree_to_drop=settings.min_agree_to_drop,
                             code_keys={s: code_key(row["solution"]) for s, row in solutions.items()})
         if not ranked:
-            return None, None, {"accepted": None, "reason": "no solution passes any test"}
+            if not any(cell.passed_functions() for cell in cells):
+                return None, None, {"accepted": None, "reason": "no solution passes any test"}
+            return None, None, {"accepted": None, "reason": (
+                "the agreeing solutions pass no test file whole, and dropping the functions they fail needs "
+                f"{settings.min_agree_to_drop} distinct agreeing programs and a minority of the file")}
         # Gate results already paid for (a mutation run) stay valid while the candidate is the same triplet.
         known = {tuple(g["key"][:2]) + (tuple(g["key"][2]),): g for g in (previous or {}).get("gated", [])}
         gated: list[dict[str, Any]] = []
