@@ -29,6 +29,7 @@ TEMPLATE_NAMES = (
     "tag_question",
     "solve",
     "test_split",
+    "test_signature",
     "solve_and_test_joint",
     "rewrite_complete",
 )
