@@ -6,8 +6,12 @@ once, up front, so every policy sees the same world: attempt i of question q alw
 verdict. Policies compared:
   (a) the paper: 10 attempts for every question (its labels are the reference labels);
   (b) retry until the first pass, up to 10, labelled by the paper's rule on that short history;
-  (c) AdaptivePolicy, the kodcode default.
-Part 1 runs all three over the same questions. Part 2 gives (b) and (c) the same call budget over a
+  (c) AdaptivePolicy aimed at the paper's 10-trial label;
+  (d) AdaptivePolicy aimed at the true band (target="band", the kodcode default): easy p >= 2/3,
+      medium 1/3 <= p < 2/3, hard 0 < p < 1/3, fail p = 0.
+Part 1 runs them over the same questions. Part 1b scores every policy against the true band of the
+hidden p (the paper's own labels match it ~83% of the time) and sweeps the band policy's confidence:
+the frontier of calls against agreement. Part 2 gives (b) and (c) the same call budget over a
 stream of fresh questions, driven through the real AttemptQueue and Budget with concurrent workers.
 Part 3 sweeps AdaptivePolicy's confidence to show the calls/agreement trade-off.
 
@@ -22,39 +26,47 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from kodcode.llm.budget import Budget
+from kodcode.runtime.mailbox import AttemptQueue
 from kodcode.runtime.scheduler import (
     DEFAULT_PRIOR,
     PAPER_PASS_AT,
     PAPER_TRIALS,
     AdaptivePolicy,
     AttemptPolicy,
-    AttemptQueue,
-    Budget,
     FirstPassPolicy,
     FixedPolicy,
     Label,
     PassPrior,
     fit_pass_prior,
     label_for_count,
+    paper_band_agreement,
+    true_band,
 )
 
 MAX_ATTEMPTS = PAPER_TRIALS
+DRAWN = 3 * PAPER_TRIALS        # outcomes drawn per question: band policies may go past 10 attempts
 
 
 @dataclass(frozen=True)
 class Question:
-    outcomes: tuple[bool, ...]  # the verdicts attempts 1..10 would get
+    outcomes: tuple[bool, ...]  # the verdicts attempts 1..DRAWN would get
+    p: float = 0.0              # the hidden pass probability
 
     @property
     def paper_label(self) -> Label:
-        return label_for_count(sum(self.outcomes), len(self.outcomes))
+        return label_for_count(sum(self.outcomes[:PAPER_TRIALS]), PAPER_TRIALS)
+
+    @property
+    def band(self) -> Label:
+        return true_band(self.p)
 
 
 def draw_questions(prior: PassPrior, n: int, rng: random.Random) -> list[Question]:
     questions = []
     for _ in range(n):
         p = prior.sample(rng)
-        questions.append(Question(tuple(rng.random() < p for _ in range(MAX_ATTEMPTS))))
+        questions.append(Question(tuple(rng.random() < p for _ in range(DRAWN)), p))
     return questions
 
 
@@ -68,6 +80,8 @@ class Tally:
     hard_labelled: int = 0      # verified and labelled hard by the policy
     hard_correct: int = 0       # ... and hard by the 10-trial label too
     hard_true: int = 0          # verified and hard by the 10-trial label, whatever the policy said
+    band_agree: int = 0         # final label == the true band of the hidden p (fail = unsolvable)
+    band_verified_agree: int = 0
     verified_ids: set[int] = field(default_factory=set)
 
     def finish(self, qid: int, question: Question, label: Label | None, attempts: int) -> None:
@@ -75,10 +89,12 @@ class Tally:
         verified = any(question.outcomes[:attempts])
         self.questions += 1
         self.agree += label == truth
+        self.band_agree += label == question.band
         if verified:
             self.verified += 1
             self.verified_ids.add(qid)
             self.verified_agree += label == truth
+            self.band_verified_agree += label == question.band
             self.hard_labelled += label == "hard"
             self.hard_correct += label == "hard" and truth == "hard"
             self.hard_true += truth == "hard"
@@ -172,6 +188,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     questions = draw_questions(prior, args.questions, rng)
     adaptive = AdaptivePolicy(prior=prior)
+    bar = paper_band_agreement(prior)
+    band = AdaptivePolicy(prior=prior, confidence=bar, target="band", cap_confidence=True)
     policies: dict[str, AttemptPolicy] = {
         "(a) paper, 10 each": FixedPolicy(MAX_ATTEMPTS),
         "(b) until first pass": FirstPassPolicy(MAX_ATTEMPTS, prior=prior),
@@ -179,6 +197,7 @@ def main() -> None:
     }
     tallies = {name: run_all(policy, questions) for name, policy in policies.items()}
     a, b, c = tallies.values()
+    band_tallies = {**tallies, f"(d) band c={band.confidence:.3f}": run_all(band, questions)}
 
     print(f"\nPart 1: the same {args.questions} questions (seed {args.seed})")
     header = (f"{'policy':<26}{'calls':>8}{'calls/q':>9}{'verified':>10}{'recall':>8}{'calls/verif':>12}"
@@ -190,6 +209,26 @@ def main() -> None:
         print(f"{name:<26}{t.calls:>8}{t.calls / t.questions:>9.2f}{t.verified:>10}{recall:>8.3f}"
               f"{t.calls / max(1, t.verified):>12.2f}{1000 * t.hard_labelled / t.calls:>15.2f}"
               f"{t.agree / t.questions:>13.3f}{t.verified_agree / max(1, t.verified):>13.3f}")
+
+    print(f"\nPart 1b: agreement with the true band of the hidden pass probability (exact bar for (a) under "
+          f"the prior: {bar:.4f}); (d) is the kodcode default, max_attempts {MAX_ATTEMPTS}")
+    header = f"{'policy':<26}{'calls':>8}{'calls/q':>9}{'vs (a)':>8}{'band agree':>12}{'agree|verif':>13}{'verified':>10}"
+    print(header)
+    print("-" * len(header))
+    for name, t in band_tallies.items():
+        print(f"{name:<26}{t.calls:>8}{t.calls / t.questions:>9.2f}{t.calls / a.calls:>8.3f}"
+              f"{t.band_agree / t.questions:>12.4f}{t.band_verified_agree / max(1, t.verified):>13.4f}{t.verified:>10}")
+    d = band_tallies[f"(d) band c={band.confidence:.3f}"]
+    print("  frontier of the band policy (Bayes-optimal for each weight: no policy under this prior gets more"
+          " agreement for fewer expected calls):")
+    print(f"  {'max_att':>7}{'confidence':>11}{'E[calls]':>10}{'E[agree]':>10}{'calls/q':>9}{'vs (a)':>8}{'band agree':>12}")
+    for max_attempts in (10, 20, 30):
+        for confidence in (0.70, 0.75, 0.78, 0.80, 0.82, bar):
+            policy = AdaptivePolicy(max_attempts, confidence=confidence, prior=prior, target="band", cap_confidence=True)
+            t = run_all(policy, questions)
+            print(f"  {max_attempts:>7}{policy.confidence:>11.4f}{policy.expected_attempts:>10.2f}"
+                  f"{policy.expected_agreement:>10.4f}{t.calls / t.questions:>9.2f}{t.calls / a.calls:>8.3f}"
+                  f"{t.band_agree / t.questions:>12.4f}")
 
     budget_calls = 4 * args.questions
     stream = draw_questions(prior, 2 * args.questions, random.Random(args.seed + 1))
@@ -226,6 +265,10 @@ def main() -> None:
         ("(c) hard triplets >= (b)'s at equal calls", f"{c2.hard_labelled} vs {b2.hard_labelled}",
          c2.hard_labelled >= b2.hard_labelled),
     ]
+    rows.append(("(d) band agreement >= (a)'s, at <= 50% of its calls",
+                 f"{d.band_agree / d.questions:.4f} vs {a.band_agree / a.questions:.4f} at "
+                 f"{d.calls / a.calls:.3f} of (a)'s calls",
+                 d.band_agree >= a.band_agree and d.calls <= 0.5 * a.calls))
     for text, value, ok in rows:
         print(f"  {verdict(ok)}  {text:<52} {value}")
     print(f"\n(hard triplets = verified and labelled hard by the policy; the columns beside them in Part 2 "

@@ -12,6 +12,14 @@ tests, mutation). So the comparison is exact and costs no extra model calls.
     .venv/bin/python benchmarks/self_verification_accuracy.py --base-url http://127.0.0.1:8000/v1 --model M
     .venv/bin/python benchmarks/self_verification_accuracy.py --limit 20          # the embedded 0.5B model
     .venv/bin/python benchmarks/self_verification_accuracy.py --scripted --limit 12   # CI: a scripted model
+    .venv/bin/python benchmarks/self_verification_accuracy.py --matrix --limit 20     # arm (c): the matrix
+
+Arms of issue 18: without --matrix this is (b), kodcode without the execution matrix (the first attempt
+that passes its own tests and the gates is accepted). With --matrix it is (c): every question gets
+--max-attempts attempts (tests from the fixed signature), the Matrix agent fills the execution matrix
+after each, and the consensus's accepted solution is checked against the human tests. Both report
+accuracy with a Wilson 95% interval and the detection rate: of the model's solutions that fail the
+human tests, the share the accepted tests reject.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import anyio
 
 from kodcode.agents.context import AgentContext
 from kodcode.agents.judge import Judge
+from kodcode.agents.matrix import Matrix
 from kodcode.agents.solver import Solver
 from kodcode.agents.tester import Tester
 from kodcode.config import Config, load_config
@@ -44,6 +53,7 @@ from kodcode.llm.client import LLMClient, OpenAITransport
 from kodcode.log import configure_logging, get_logger
 from kodcode.store.records import SqliteRecords
 from kodcode.store.sqlite import Store
+from kodcode.report import wilson_interval
 from kodcode.sandbox import Sandbox, bwrap_available, open_sandbox
 
 ROLES = ("proposer", "solver", "tester", "rewriter", "reasoning")
@@ -61,6 +71,10 @@ class Outcome:
     rejections: Counter = field(default_factory=Counter)  # gate name -> trials it rejected
     human_plain: bool | None = None
     human_gated: bool | None = None
+    solutions: list[str] = field(default_factory=list)     # every parsed solution, in attempt order
+    accepted_tests: str | None = None                      # the tests that verified the accepted solution
+    wrong: int = 0                                         # the model's solutions failing the human tests
+    rejected: int = 0                                      # ... of them, rejected by the accepted tests
 
 
 async def solve_question(ctx: AgentContext, question: GivenQuestion, max_attempts: int) -> Outcome:
@@ -79,6 +93,8 @@ async def solve_question(ctx: AgentContext, question: GivenQuestion, max_attempt
             task = await tester.handle(task)
         if isinstance(task, AttemptResult):
             continue
+        assert task.solution is not None
+        outcome.solutions.append(task.solution)
         judgement = await judge.judge(task)
         if not judgement.tests_passed:
             continue
@@ -88,11 +104,49 @@ async def solve_question(ctx: AgentContext, question: GivenQuestion, max_attempt
             outcome.tests_passed_at, outcome.solution_plain = attempt, task.solution
         if judgement.passed:
             outcome.gated_at, outcome.solution_gated = attempt, task.solution
+            outcome.accepted_tests = task.tests
             break
         gates = judgement.gates or {}
         rejected_by = "vacuous" if gates.get("mutation", {}).get("skipped") else "mutation"
         outcome.rejections[rejected_by] += 1
     return outcome
+
+
+async def solve_with_matrix(ctx: AgentContext, question: GivenQuestion, max_attempts: int) -> Outcome:
+    """Arm (c): every attempt runs (solution, then tests from the fixed signature); the matrix decides."""
+    solver, tester, judge, matrix = Solver(ctx), Tester(ctx), Judge(ctx), Matrix(ctx)
+    outcome = Outcome(question)
+    item_id = question.question_id.replace("/", "_")
+    await ctx.records.add_proposal(ProposeTask(item_id, int(item_id.rsplit("_", 1)[1]), "given", "HumanEval"))
+    await ctx.records.set_question(item_id, question.question, {"given": question.question_id}, "open")
+    for attempt in range(1, max_attempts + 1):
+        outcome.attempts = attempt
+        await ctx.records.open_attempt(item_id, attempt, "split")
+        task: AttemptTask | AttemptResult = await solver.handle(AttemptTask(item_id, attempt, question.question))
+        if isinstance(task, AttemptTask) and task.tests is None:
+            outcome.solutions.append(task.solution or "")
+            task = await tester.handle(task)
+        if isinstance(task, AttemptTask):
+            await judge.judge(task)
+        decided = await matrix.update(item_id)
+        if decided.verified and outcome.tests_passed_at is None:
+            outcome.tests_passed_at = attempt
+    if decided.verified:
+        outcome.gated_at = outcome.tests_passed_at
+        outcome.solution_gated = outcome.solution_plain = decided.solution
+        outcome.accepted_tests = decided.tests
+    return outcome
+
+
+async def detection(sandbox: Sandbox, outcome: Outcome) -> None:
+    """Of the model's solutions that fail the human tests, how many the accepted tests reject."""
+    if outcome.accepted_tests is None:
+        return
+    for solution in outcome.solutions:
+        if await human_verdict(sandbox, outcome.question, solution):
+            continue
+        outcome.wrong += 1
+        outcome.rejected += not (await sandbox.run(solution, outcome.accepted_tests)).passed
 
 
 async def human_verdict(sandbox: Sandbox, question: GivenQuestion, solution: str) -> bool:
@@ -192,7 +246,8 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
         config: Config = load_config(None, {
             "base_url": base_url, "mode": args.mode, "max_attempts": args.max_attempts, "seed": args.seed,
             "concurrency": args.concurrency, "gates": {"mutation": True, "max_mutants": args.max_mutants,
-                                                       "mutation_threshold": args.threshold}})
+                                                       "mutation_threshold": args.threshold},
+            "matrix": {"enabled": args.matrix}})
         store = await Store.open(work / "kc.db")
         records = SqliteRecords(store)
         await records.start_run(config.model_dump(mode="json"))
@@ -208,7 +263,9 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
 
                 async def one(index: int) -> None:
                     async with slots:
-                        outcome = await solve_question(ctx, questions[index], args.max_attempts)
+                        solve = solve_with_matrix if args.matrix else solve_question
+                        outcome = await solve(ctx, questions[index], args.max_attempts)
+                        await detection(sandbox, outcome)
                         if outcome.solution_plain is not None:
                             outcome.human_plain = await human_verdict(sandbox, outcome.question, outcome.solution_plain)
                         if outcome.solution_gated is not None:
@@ -257,6 +314,14 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, elapsed: float) ->
     print(f"gate cost: {len(lost)} question(s) verified without the gate are not verified with it "
           f"({lost_wrong} of them fail the human tests anyway); gated trials rejected: "
           f"{dict(rejections) or 'none'}")
+    arm = "(c) with the execution matrix" if args.matrix else "(b) without the execution matrix"
+    low, high = wilson_interval(gated_ok, len(gated))
+    wrong = sum(o.wrong for o in outcomes)
+    rejected = sum(o.rejected for o in outcomes)
+    d_low, d_high = wilson_interval(rejected, wrong)
+    print(f"{arm}: accuracy of accepted solutions {ratio(gated_ok, len(gated))} (95% CI {low:.3f}-{high:.3f}, "
+          f"n={len(gated)}); detection: the accepted tests reject {rejected} of the {wrong} model solutions "
+          f"that fail the human tests ({ratio(rejected, wrong)}, 95% CI {d_low:.3f}-{d_high:.3f})")
     if scores:
         print(f"mutation scores of trials that passed their own tests: n={len(scores)} "
               f"mean={statistics.fmean(scores):.3f} median={statistics.median(scores):.3f} "
@@ -279,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="a line per question on stderr")
+    parser.add_argument("--matrix", action="store_true",
+                        help="arm (c): all attempts, the execution matrix's consensus decides (default: arm (b))")
     args = parser.parse_args(argv)
     if args.scripted and args.base_url:
         parser.error("--scripted and --base-url conflict")

@@ -65,7 +65,7 @@ def iter_v1_rows(db: Path, keep: ExportFilter = ExportFilter()) -> Iterator[dict
             chosen = next((a for a in attempts if a["attempt"] == item["chosen_attempt"]), None)
             if chosen is None:
                 continue
-            base = _base_row(item, attempts, chosen)
+            base = _base_row(item, attempts, chosen, _consensus(item), queries.matrix_cells(conn, item["item_id"]))
             variants = [("instruct", f"{item['item_id']}_I", item["question"], base["metadata"])]
             for rewrite in queries.verified_rewrites(conn, item["item_id"]):
                 metadata = {**base["metadata"], "original_instruction": item["question"],
@@ -108,8 +108,22 @@ def _reasoning_fields(responses: list[Row]) -> dict[str, Any]:
     }
 
 
-def _base_row(item: Row, attempts: list[Row], chosen: Row) -> dict[str, Any]:
-    passes = [int(a["passed"] or 0) for a in attempts]
+def _consensus(item: Row) -> dict[str, Any] | None:
+    """The execution matrix's accepted triplet (None: a run without the matrix, or a store before it)."""
+    if "consensus" not in item.keys() or not item["consensus"]:
+        return None
+    consensus = json.loads(item["consensus"])
+    return consensus if consensus.get("accepted") else None
+
+
+def _base_row(item: Row, attempts: list[Row], chosen: Row, consensus: dict[str, Any] | None = None,
+              cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    own = [int(a["passed"] or 0) for a in attempts]
+    passes = own
+    if consensus is not None and len(consensus.get("pass_sequence", [])) == len(attempts):
+        # Same meaning as the paper's column (did trial k's solution pass the verifying tests?), with the
+        # verifying tests being the accepted ones rather than each trial's own.
+        passes = [int(p) for p in consensus["pass_sequence"]]
     trials: dict[str, Any] = {}
     chosen_name = ""
     models: dict[str, str] = {}
@@ -121,7 +135,7 @@ def _base_row(item: Row, attempts: list[Row], chosen: Row) -> dict[str, Any]:
         trials[name] = {
             "solution_code": attempt["solution"],
             "test_code": attempt["tests"],
-            "test_result": "Pass" if attempt["passed"] else "Fail",
+            "test_result": "Pass" if passes[len(trials)] else "Fail",
             "test_coverage": attempt["coverage"],
             "file_source": None,
             "reason": attempt["reason"],
@@ -144,7 +158,7 @@ def _base_row(item: Row, attempts: list[Row], chosen: Row) -> dict[str, Any]:
         "version": f"kodcode-{__version__}",
         "subset": item["subset"],
         "solution": chosen["solution"],
-        "test": chosen["tests"],
+        "test": item["accepted_tests"] if consensus is not None and item["accepted_tests"] else chosen["tests"],
         "test_info": [entry.as_dict() for entry in info] if info is not None else None,
         "gpt_pass_sequence": passes,
         "gpt_pass_trial_num": sum(passes),
@@ -163,7 +177,29 @@ def _base_row(item: Row, attempts: list[Row], chosen: Row) -> dict[str, Any]:
             "prompt_hashes": prompts,
             "coverage": chosen["coverage"],
             "gates": _gates(chosen),
+            **({"matrix": _matrix_metadata(consensus, own, cells or [])} if consensus is not None else {}),
         },
+    }
+
+
+def _matrix_metadata(consensus: dict[str, Any], own: list[int], cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The execution matrix behind the row: which attempts' solution and tests were accepted, the consensus
+    score, the tests dropped, the real wrong solutions and the share the accepted tests reject."""
+    accepted = consensus["accepted"]
+    return {
+        "rule": consensus.get("rule"),
+        "solution_attempt": accepted["solution_attempt"],
+        "tests_attempt": accepted["tests_attempt"],
+        "consensus_score": accepted["score"],
+        "agreeing_attempts": accepted["group"],
+        "dropped_tests": accepted["dropped"],
+        "wrong_attempts": accepted["wrong"],
+        "rejected_attempts": accepted["rejected"],
+        "detection_rate": accepted["detection_rate"],
+        "mutation_score": accepted.get("mutation_score"),
+        "own_tests_pass_sequence": own,     # the paper's diagonal: each trial against its own tests
+        "cells": [[c["solution_attempt"], c["tests_attempt"], sum(o == "passed" for o in c["outcomes"].values()),
+                   len(c["outcomes"])] for c in cells],   # [solution, tests, functions passed, functions]
     }
 
 

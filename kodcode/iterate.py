@@ -130,7 +130,10 @@ def _iterate(args: argparse.Namespace) -> int:
         # The tests are the item's verified ones and passed the gates already; mutants of a new solution
         # that survive them would say nothing about the solver.
         gates["mutation"] = False
-    config = config.model_copy(update={"gates": config.gates.model_copy(update=gates)})
+    # A trial is one cell judged on its own (as a run without the matrix): its tests have no other
+    # solutions to meet, and its writes must not reach the run's items.
+    config = config.model_copy(update={"gates": config.gates.model_copy(update=gates),
+                                       "matrix": config.matrix.model_copy(update={"enabled": False})})
     baseline_dir = config.prompts_dir
     # The candidate's files over the run's own overlay (if it had one) over the packaged templates.
     candidate = PromptLibrary([args.prompts, *([baseline_dir] if baseline_dir else [])])

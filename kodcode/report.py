@@ -208,8 +208,38 @@ def build_report(conn: ReadConnection) -> dict[str, Any]:
             "rewrites": [{"reason": r, "count": n} for r, n in _ranked(rewrite_losses)],
         },
         "gate_by_subset": dict(sorted(gate_by_subset.items())),
+        "matrix": _matrix(conn),
         "llm": _llm_totals(conn),
     }
+
+
+def _matrix(conn: ReadConnection) -> dict[str, Any]:
+    """Execution-matrix evidence per item (solutions, test files, accepted pair, score, dropped tests, real
+    wrong solutions and how many the accepted tests reject) and the run's detection rate."""
+    items = []
+    wrong = rejected = off_diagonal = dropped = 0
+    for row in queries.consensus_rows(conn):
+        consensus = row["consensus"]
+        accepted = consensus.get("accepted")
+        entry = {"item_id": row["item_id"], "state": row["state"], "solutions": len(consensus.get("solutions", [])),
+                 "test_files": len(consensus.get("test_files", [])), "cells": consensus.get("cells", 0),
+                 "accepted": None if accepted is None else f"{accepted['solution_attempt']}x{accepted['tests_attempt']}",
+                 "score": None, "group": None, "dropped": None, "wrong": None, "rejected": None, "detection_rate": None,
+                 "reason": consensus.get("reason")}
+        if accepted is not None and row["state"] == "verified":
+            entry.update(score=accepted["score"], group=len(accepted["group"]), dropped=len(accepted["dropped"]),
+                         wrong=len(accepted["wrong"]), rejected=len(accepted["rejected"]),
+                         detection_rate=accepted["detection_rate"])
+            wrong += len(accepted["wrong"])
+            rejected += len(accepted["rejected"])
+            off_diagonal += accepted["solution_attempt"] != accepted["tests_attempt"]
+            dropped += bool(accepted["dropped"])
+        items.append(entry)
+    low, high = wilson_interval(rejected, wrong)
+    return {"items": items, "verified": sum(1 for i in items if i["state"] == "verified"),
+            "wrong_solutions": wrong, "rejected": rejected, "detection_rate": _ratio(rejected, wrong),
+            "detection_interval": [low, high] if wrong else None,
+            "accepted_off_diagonal": off_diagonal, "accepted_with_dropped_tests": dropped}
 
 
 def _ranked(counter: Counter[str]) -> list[tuple[str, int]]:
@@ -369,6 +399,22 @@ def render_report(report: dict[str, Any]) -> str:
     gate_rows = [[subset, str(v["duplicate"]), str(v["contaminated"]), str(v["rejected"])]
                  for subset, v in report["gate_by_subset"].items()]
     lines += ["", "gated questions by subset:", *render_table(["subset", "duplicate", "contaminated", "rejected"], gate_rows)]
+    matrix = report.get("matrix") or {}
+    if matrix.get("items"):
+        rate = matrix["detection_rate"]
+        interval = matrix["detection_interval"]
+        lines += ["", f"execution matrix: {matrix['verified']} verified by consensus, "
+                      f"{matrix['accepted_off_diagonal']} with another attempt's tests, "
+                      f"{matrix['accepted_with_dropped_tests']} with wrong-looking tests dropped",
+                  f"  detection of the model's real wrong solutions: {matrix['rejected']} of {matrix['wrong_solutions']} "
+                  f"rejected by the accepted tests ({_pct(rate)}"
+                  + (f", 95% CI {_pct(interval[0])}-{_pct(interval[1])})" if interval else ")"),
+                  "  per item (accepted = solution attempt x tests attempt; score = agreeing solutions x tests passed):"]
+        rows = [[i["item_id"], i["state"], str(i["solutions"]), str(i["test_files"]), str(i["cells"]), i["accepted"] or "-",
+                 _num(i["score"], 0), _num(i["group"], 0), _num(i["dropped"], 0), _num(i["wrong"], 0),
+                 _num(i["rejected"], 0), _pct(i["detection_rate"])] for i in matrix["items"]]
+        lines += render_table(["item", "state", "solutions", "test files", "cells", "accepted", "score", "agree",
+                               "dropped", "wrong", "rejected", "detection"], rows, indent="    ")
     llm = report["llm"]
     lines += ["", f"llm: {llm['calls']:,} calls, {llm['prompt_tokens']:,} prompt + {llm['completion_tokens']:,} "
                   f"completion tokens, {_usd(llm['usd'])}, mean latency {llm['mean_latency_s']:.2f} s"]

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mutation-threshold", type=float,
                         help="share of mutants the tests must kill for a trial to count as verified (default 0.5)")
     parser.add_argument("--max-mutants", type=int, help="mutants run per passing trial at most (default 6)")
+    parser.add_argument("--no-matrix", action="store_true",
+                        help="judge each attempt on its own tests only (no execution matrix, no consensus)")
     parser.add_argument("--cross-check", action="store_true",
                         help="a second, independent solution must also pass a trial's tests")
     parser.add_argument("--vacuous", choices=("flag", "reject"),
@@ -140,6 +142,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "gates.max_mutants": args.max_mutants,
         "gates.cross_check": True if args.cross_check else None,
         "gates.vacuous": args.vacuous,
+        "matrix.enabled": False if args.no_matrix else None,
         "reasoning_samples": args.reasoning_samples,
         "roles.reasoning.model": args.reasoning_model,
         "roles.reasoning.base_url": args.reasoning_base_url,

@@ -20,9 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import anyio
+
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
 from kodcode.parsing import ParseFailure, extract_code, solution_entry_point
+from kodcode.quality.consensus import function_outcomes
 from kodcode.quality.mutation import MutationReport, generate_mutants, mutant_limits, run_mutation_gate
 from kodcode.quality.vacuous import VacuityReport, find_vacuous_tests
 from kodcode.llm.client import stable_seed
@@ -51,8 +54,16 @@ class Judgement:
 
 
 class Judge:
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, slots: anyio.CapacityLimiter | None = None) -> None:
+        """`slots`: sandbox runs in flight at most, shared with the Matrix agent (the pipeline's judge width)."""
         self.ctx = ctx
+        self._slots = slots
+
+    async def _run(self, solution: str, tests: str) -> Verdict:
+        if self._slots is None:
+            return await self.ctx.sandbox.run(solution, tests)
+        async with self._slots:
+            return await self.ctx.sandbox.run(solution, tests)
 
     async def handle(self, task: AttemptTask) -> AttemptResult:
         return (await self.judge(task)).result(task.item_id, task.attempt, task.question)
@@ -61,9 +72,16 @@ class Judge:
         """Run, gate, store and log one trial."""
         assert task.solution is not None and task.tests is not None
         ctx = self.ctx
-        verdict = await ctx.sandbox.run(task.solution, task.tests)
+        verdict = await self._run(task.solution, task.tests)
         judgement = Judgement(verdict, verdict.passed, verdict.reason)
-        if verdict.passed:
+        if ctx.config.matrix.enabled:
+            # The diagonal cell of the execution matrix; the gates judge the consensus triplet instead
+            # (kodcode.agents.matrix), which need not be this attempt's solution with its own tests.
+            await ctx.records.save_matrix_cells(task.item_id, [{
+                "solution_attempt": task.attempt, "tests_attempt": task.attempt, "passed": verdict.passed,
+                "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests),
+                "reason": verdict.reason, "duration_s": round(verdict.duration_s, 4)}])
+        elif verdict.passed:
             judgement = await self._gate(task, verdict)
         final = verdict if judgement.passed == verdict.passed else replace(verdict, passed=False, reason=judgement.reason)
         score = judgement.mutation.score if judgement.mutation is not None else None
@@ -79,6 +97,18 @@ class Judge:
                      reason=judgement.reason, coverage=verdict.coverage, tests=len(verdict.tests),
                      duration_s=round(verdict.duration_s, 3))
         return judgement
+
+    async def judge_against(self, task: AttemptTask, tests: str) -> AttemptResult:
+        """A solution-only attempt (the matrix has accepted tests already, so no Tester call was paid):
+        its verdict is the accepted tests' on it. The attempt keeps no tests of its own, so it adds a row
+        to the matrix and no column."""
+        assert task.solution is not None
+        verdict = await self._run(task.solution, tests)
+        await self.ctx.records.save_verdict(task.item_id, task.attempt, verdict, gates={"judged_by": "accepted tests"})
+        self.ctx.log.info("attempt_judged", item_id=task.item_id, attempt=task.attempt, passed=verdict.passed,
+                          reason=verdict.reason, coverage=verdict.coverage, tests=len(verdict.tests),
+                          duration_s=round(verdict.duration_s, 3), against="accepted tests")
+        return AttemptResult(task.item_id, task.attempt, verdict.passed, verdict.reason, verdict.coverage)
 
     async def _gate(self, task: AttemptTask, verdict: Verdict) -> Judgement:
         assert task.solution is not None and task.tests is not None

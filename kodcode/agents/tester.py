@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
-from kodcode.parsing import ParseFailure, clean_tests, ensure_solution_import, extract_code
+from kodcode.parsing import ParseFailure, TestInfo, clean_tests, ensure_solution_import, extract_code, test_info
 
 __all__ = ["Tester"]
 
@@ -18,8 +18,17 @@ class Tester:
     async def handle(self, task: AttemptTask) -> AttemptTask | AttemptResult:
         assert task.solution is not None and task.entry_point is not None
         ctx = self.ctx
-        prompt = ctx.prompts.render("test_split", question=task.question, solution=task.solution.rstrip(),
-                                    entry_point=task.entry_point)
+        info = None
+        if ctx.config.matrix.enabled:
+            fixed = await ctx.records.first_solution(task.item_id)   # the first solution fixes the signature
+            info = _signature(*fixed) if fixed is not None else _signature(task.solution, task.entry_point)
+        if info is not None:
+            # Tests for every solution of the item (the matrix), so from the signature, not this body.
+            prompt = ctx.prompts.render("test_signature", question=task.question, entry_point=task.entry_point,
+                                        signature=info.function_declaration, docstring=info.docstring)
+        else:
+            prompt = ctx.prompts.render("test_split", question=task.question, solution=task.solution.rstrip(),
+                                        entry_point=task.entry_point)
         request = ctx.request("tester", prompt, item_id=task.item_id, attempt=task.attempt)
         response = await ctx.llm.complete(request)
         lineage = response.lineage(request)
@@ -34,3 +43,13 @@ class Tester:
         tests = ensure_solution_import(clean_tests(tests, task.entry_point), task.entry_point)
         await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage)
         return replace(task, tests=tests)
+
+
+def _signature(solution: str, entry_point: str) -> TestInfo | None:
+    """The entry point's test_info (declaration, docstring); None when it cannot be read off the solution
+    (a class, an alias), and the tests are written from the solution as in split mode."""
+    try:
+        infos = test_info(solution)
+    except SyntaxError:
+        return None
+    return next((info for info in infos or () if info.function_name == entry_point), None)

@@ -29,7 +29,7 @@ from kodcode.log import get_logger
 from kodcode.prompts import PromptLibrary
 from kodcode.runtime.gate import build_gate
 from kodcode.runtime.pipeline import Pipeline
-from kodcode.runtime.scheduler import AdaptivePolicy
+from kodcode.runtime.scheduler import BAND_CONFIDENCE, AdaptivePolicy
 from kodcode.sandbox import open_sandbox
 from kodcode.sandbox.base import Limits, Sandbox
 from kodcode.store.port import Records
@@ -65,10 +65,13 @@ class RunParts:
         """The five agents wired on actors, with the dedup/decontamination gate rebuilt from the store
         (`question_gate=False` admits every question: the runtime-overhead benchmark's synthetic ones)."""
         config = self.config
-        policy = AdaptivePolicy(max_attempts=config.max_attempts, cap_confidence=True)
-        if policy.confidence < 0.95:
+        # Labels aim at the true difficulty band of the question's pass probability (pass/fail of each
+        # attempt judged against the accepted tests when the matrix is on), stopping once it is settled.
+        policy = AdaptivePolicy(max_attempts=config.max_attempts, confidence=BAND_CONFIDENCE, target="band",
+                                cap_confidence=True)
+        if policy.confidence < BAND_CONFIDENCE:
             self.log.warning("label_confidence_capped", max_attempts=config.max_attempts,
-                             expected_label_agreement=round(policy.confidence, 3))
+                             expected_band_agreement=round(policy.confidence, 3))
         return Pipeline(self.context(), policy=policy, sources=sources or SourceMix(config),
                         gate=await build_gate(self.records) if question_gate else None)
 

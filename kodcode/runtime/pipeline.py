@@ -1,8 +1,12 @@
 """The pipeline: five agents on actors, wired with backpressure, driven by the scheduler, resumable.
 
-    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► scheduler ─┬─► Rewriter ─► Reasoner
-                                     ▲                                                   │
-                                     └────────────── another attempt ◄───────────────────┘
+    supply ─► Proposer ─(gate)─► attempt queue ─► Solver ─► Tester ─► Judge ─► matrix ─► scheduler ─┬─► Rewriter ─► Reasoner
+                                     ▲                                                             │
+                                     └────────────────── another attempt ◄─────────────────────────┘
+
+The matrix step (on by default, config `matrix`) runs every solution of the item against every test
+file of it after each attempt and accepts a triplet by consensus; the scheduler then sees each
+attempt's pass/fail against the accepted tests.
 
 Every message is preceded by a committed store write that records where its item stands, so on resume
 each item re-enters at its last committed state. The attempt queue is unbounded on purpose: the Judge
@@ -33,6 +37,7 @@ import anyio
 
 from kodcode.agents.context import AgentContext
 from kodcode.agents.judge import Judge
+from kodcode.agents.matrix import Matrix, MatrixOutcome
 from kodcode.agents.proposer import Proposer, QuestionGate
 from kodcode.agents.reasoner import Reasoner
 from kodcode.agents.rewriter import Rewriter
@@ -88,14 +93,19 @@ class Pipeline:
         self._proposer = Proposer(ctx, gate)
         self._solver = Solver(ctx)
         self._tester = Tester(ctx)
-        self._judge = Judge(ctx)
+        judges = max(2, concurrency // 2)
+        # One bound on sandbox runs for the Judge's trials and the matrix's cells, wherever they are called
+        # from (the matrix runs at the scheduler's turn, which a Solver or Tester worker may take).
+        sandbox_slots = anyio.CapacityLimiter(judges)
+        self._judge = Judge(ctx, sandbox_slots)
+        self._matrix = Matrix(ctx, sandbox_slots) if self.config.matrix.enabled else None
         self._rewriter = Rewriter(ctx)
         self._reasoner = Reasoner(ctx)
         retries = self.config.item_retries
         self.proposer: Actor[ProposeTask] = self._actor("proposer", self._propose, concurrency, FifoMailbox(concurrency), retries)
         self.solver: Actor[AttemptTask] = self._actor("solver", self._solve, concurrency, PriorityMailbox(), retries)
         self.tester: Actor[AttemptTask] = self._actor("tester", self._test, concurrency, FifoMailbox(concurrency), retries)
-        self.judge: Actor[AttemptTask] = self._actor("judge", self._judge_attempt, max(2, concurrency // 2),
+        self.judge: Actor[AttemptTask] = self._actor("judge", self._judge_attempt, judges,
                                                      FifoMailbox(concurrency), retries)
         self.rewriter: Actor[RewriteTask] = self._actor("rewriter", self._rewrite, max(1, concurrency // 2),
                                                         FifoMailbox(concurrency), retries)
@@ -180,6 +190,13 @@ class Pipeline:
 
     async def _solve(self, task: AttemptTask) -> None:
         outcome = await self._guard(self._solver.handle(task))
+        if self._matrix is not None and isinstance(outcome, AttemptTask) and outcome.stage == "test":
+            accepted = await self.ctx.records.accepted_tests(outcome.item_id)
+            if accepted is not None:
+                # Verified already: this attempt only refines the label, and the accepted tests judge it.
+                # A test file of its own would cost a Tester call and add nothing the matrix needs.
+                await self.on_result(await self._guard(self._judge.judge_against(outcome, accepted)))
+                return
         await self._route(outcome)
 
     async def _test(self, task: AttemptTask) -> None:
@@ -257,7 +274,14 @@ class Pipeline:
         records = self.ctx.records
         self.attempts_judged += 1
         self.attempts_passed += int(result.passed)
-        history = await records.pass_history(result.item_id)
+        matrix: MatrixOutcome | None = None
+        if self._matrix is not None:
+            # Every solution against every test file; pass/fail of each attempt is then judged against
+            # the consensus's accepted tests, not the attempt's own (kodcode.quality.consensus).
+            matrix = await self._guard(self._matrix.update(result.item_id))
+            history = list(matrix.pass_sequence)
+        else:
+            history = await records.pass_history(result.item_id)
         decision = self.policy.decide(history)
         attempts = len(history)
         log = self.log.bind(agent="scheduler", item_id=result.item_id, attempt=attempts)
@@ -269,8 +293,14 @@ class Pipeline:
             await self._schedule(result.item_id, attempts + 1, priority=decision.priority, decided=True,
                                  question=result.question or None)
             return
-        verified = any(history)
-        best = await records.best_attempt(result.item_id) if verified else None
+        verified = matrix.verified if matrix is not None else any(history)
+        best: dict[str, Any] | None = None
+        if matrix is not None and matrix.verified:
+            assert matrix.accepted is not None
+            best = {"attempt": matrix.accepted["solution_attempt"], "solution": matrix.solution,
+                    "tests": matrix.tests, "entry_point": matrix.entry_point}
+        elif verified:
+            best = await records.best_attempt(result.item_id)
         label = decision.label or paper_label(history)
         await records.decide(
             result.item_id, attempts, decision.action if decision.action != "retry" else "give_up",

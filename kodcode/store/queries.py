@@ -24,11 +24,13 @@ __all__ = [
     "ReadError",
     "Row",
     "attempt_lineages",
+    "consensus_rows",
     "item_rows",
     "judged_attempts",
     "llm_spend_by_model",
     "llm_spend_by_role",
     "llm_totals",
+    "matrix_cells",
     "open_readonly",
     "prompt_trials",
     "responses",
@@ -137,6 +139,26 @@ def state_counts(conn: ReadConnection) -> dict[str, int]:
     return {row[0]: row[1] for row in conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state")}
 
 
+@_reading
+def consensus_rows(conn: ReadConnection) -> list[dict[str, Any]]:
+    """Each item's execution-matrix consensus (items.consensus JSON), in proposal order; none in a store
+    from before the matrix (schema < 5) or from a run without it."""
+    if "consensus" not in {row[1] for row in conn.execute("PRAGMA table_info(items)")}:
+        return []
+    return [{"item_id": row["item_id"], "state": row["state"], "consensus": json.loads(row["consensus"])}
+            for row in conn.execute("SELECT item_id, state, consensus FROM items WHERE consensus IS NOT NULL ORDER BY seq")]
+
+
+@_reading
+def matrix_cells(conn: ReadConnection, item_id: str) -> list[dict[str, Any]]:
+    """One item's matrix cells: (solution attempt, tests attempt, passed, per-function outcomes)."""
+    if not _has_table(conn, "matrix"):
+        return []
+    return [{"solution_attempt": row[0], "tests_attempt": row[1], "passed": bool(row[2]), "outcomes": json.loads(row[3])}
+            for row in conn.execute("SELECT solution_attempt, tests_attempt, passed, outcomes FROM matrix WHERE item_id=?"
+                                    " ORDER BY solution_attempt, tests_attempt", (item_id,))]
+
+
 # -- export -------------------------------------------------------------------------------------------
 
 @_reading
@@ -182,7 +204,8 @@ class ItemSample:
 def sample_items(conn: ReadConnection, n: int, seed: int) -> list[ItemSample]:
     """`n` verified items, the same ones for the same store and seed whatever order they were stored in."""
     rows = conn.execute(
-        "SELECT i.item_id, i.question, a.solution, a.tests, COALESCE(a.entry_point, i.entry_point) AS entry_point"
+        "SELECT i.item_id, i.question, a.solution, COALESCE(i.accepted_tests, a.tests) AS tests,"
+        " COALESCE(a.entry_point, i.entry_point) AS entry_point"
         " FROM items i JOIN attempts a ON a.item_id = i.item_id AND a.attempt = i.chosen_attempt"
         " WHERE i.state = 'verified' AND a.solution IS NOT NULL AND a.tests IS NOT NULL").fetchall()
     items = [ItemSample(r["item_id"], r["question"], r["solution"], r["tests"], r["entry_point"] or "") for r in rows]

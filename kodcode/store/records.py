@@ -161,6 +161,51 @@ class SqliteRecords:
                 " VALUES(?,?,?,?,?,?)", (item_id, next_attempt[0], "queued", next_attempt[1], t, t)))
         await self.store.write(ops)
 
+    # -- execution matrix ------------------------------------------------------------------------------
+
+    async def matrix_members(self, item_id: str) -> list[dict[str, Any]]:
+        """The item's ended attempts with what the matrix needs: a solution is usable when it has an entry
+        point (the Solver parsed it), a test file when the Judge ran it (a verdict exists)."""
+        rows = await self.store.rows(
+            "SELECT attempt, solution, entry_point, tests, test_results IS NOT NULL AS tests_ran, coverage"
+            " FROM attempts WHERE item_id=? AND state='judged' ORDER BY attempt", (item_id,))
+        return [dict(row) for row in rows]
+
+    async def matrix_cells(self, item_id: str) -> list[dict[str, Any]]:
+        rows = await self.store.rows(
+            "SELECT solution_attempt, tests_attempt, passed, outcomes, reason, duration_s FROM matrix"
+            " WHERE item_id=? ORDER BY solution_attempt, tests_attempt", (item_id,))
+        return [{**dict(row), "outcomes": json.loads(row["outcomes"])} for row in rows]
+
+    async def save_matrix_cells(self, item_id: str, cells: list[dict[str, Any]]) -> None:
+        """Cells as {solution_attempt, tests_attempt, passed, outcomes, reason, duration_s}; one commit."""
+        t = now()
+        await self.store.write([(
+            "INSERT OR REPLACE INTO matrix(item_id, solution_attempt, tests_attempt, passed, outcomes, reason,"
+            " duration_s, created_at) VALUES(?,?,?,?,?,?,?,?)",
+            (item_id, c["solution_attempt"], c["tests_attempt"], int(c["passed"]), dumps(c["outcomes"]),
+             c.get("reason"), c.get("duration_s"), t)) for c in cells])
+
+    async def save_consensus(self, item_id: str, consensus: dict[str, Any], accepted_tests: str | None) -> None:
+        await self.store.write([(
+            "UPDATE items SET consensus=?, accepted_tests=?, updated_at=? WHERE item_id=?",
+            (dumps(consensus), accepted_tests, now(), item_id))])
+
+    async def consensus(self, item_id: str) -> dict[str, Any] | None:
+        value = await self.store.scalar("SELECT consensus FROM items WHERE item_id=?", (item_id,))
+        return json.loads(value) if value else None
+
+    async def accepted_tests(self, item_id: str) -> str | None:
+        """The test file the matrix's consensus accepted for the item (None: nothing accepted yet)."""
+        return await self.store.scalar("SELECT accepted_tests FROM items WHERE item_id=?", (item_id,))
+
+    async def first_solution(self, item_id: str) -> tuple[str, str] | None:
+        """(solution, entry point) of the item's earliest parsed solution: it fixes the signature."""
+        rows = await self.store.rows(
+            "SELECT solution, entry_point FROM attempts WHERE item_id=? AND entry_point IS NOT NULL"
+            " AND solution IS NOT NULL ORDER BY attempt LIMIT 1", (item_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
     # -- rewrites --------------------------------------------------------------------------------------
 
     async def save_rewrite(self, item_id: str, style: str, state: str, question: str | None,
@@ -191,9 +236,11 @@ class SqliteRecords:
         if samples <= 0:
             return []
         rows = await self.store.rows(
-            "SELECT i.item_id, 'instruct' AS style, i.question, i.entry_point, a.solution, a.tests FROM items i"
+            "SELECT i.item_id, 'instruct' AS style, i.question, i.entry_point, a.solution,"
+            " COALESCE(i.accepted_tests, a.tests) AS tests FROM items i"
             " JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt WHERE i.state='verified'"
-            " UNION ALL SELECT i.item_id, r.style, r.question, i.entry_point, a.solution, a.tests FROM rewrites r"
+            " UNION ALL SELECT i.item_id, r.style, r.question, i.entry_point, a.solution,"
+            " COALESCE(i.accepted_tests, a.tests) AS tests FROM rewrites r"
             " JOIN items i USING(item_id) JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt"
             " WHERE r.state='verified'")
         done = {(r[0], r[1], r[2]) for r in await self.store.rows("SELECT item_id, style, sample FROM responses")}
@@ -323,7 +370,8 @@ class SqliteRecords:
         unrewritten: list[dict[str, Any]] = []
         for style in styles:
             rows = await self.store.rows(
-                "SELECT i.item_id, i.question, i.entry_point, a.solution, a.tests, ? AS style FROM items i"
+                "SELECT i.item_id, i.question, i.entry_point, a.solution, COALESCE(i.accepted_tests, a.tests) AS tests,"
+                " ? AS style FROM items i"
                 " JOIN attempts a ON a.item_id=i.item_id AND a.attempt=i.chosen_attempt"
                 " WHERE i.state='verified' AND NOT EXISTS (SELECT 1 FROM rewrites r WHERE r.item_id=i.item_id"
                 " AND r.style=? AND r.state IN ('verified','rejected')) ORDER BY i.seq",

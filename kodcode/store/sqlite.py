@@ -25,7 +25,7 @@ from kodcode.errors import SchemaError, StoreError
 
 __all__ = ["SCHEMA_VERSION", "Op", "Store", "dumps", "open_readonly"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 Op = tuple[str, Sequence[Any]]
 
@@ -156,6 +156,24 @@ _MIGRATIONS: dict[int, str] = {
         lineage TEXT NOT NULL DEFAULT '{}',
         created_at REAL NOT NULL,
         PRIMARY KEY(batch, arm, item_id, sample));
+    """,
+    # The execution matrix: every solution of an item against every test file of it, per test function.
+    # items.consensus holds the triplet the matrix accepted (rule, score, dropped tests, detection of the
+    # real wrong solutions); items.accepted_tests the accepted test file, which may differ from every
+    # attempt's own (another attempt's tests, or wrong-looking functions dropped).
+    5: """
+    CREATE TABLE matrix(
+        item_id TEXT NOT NULL REFERENCES items(item_id),
+        solution_attempt INTEGER NOT NULL,
+        tests_attempt INTEGER NOT NULL,
+        passed INTEGER NOT NULL,
+        outcomes TEXT NOT NULL,
+        reason TEXT,
+        duration_s REAL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY(item_id, solution_attempt, tests_attempt));
+    ALTER TABLE items ADD COLUMN consensus TEXT;
+    ALTER TABLE items ADD COLUMN accepted_tests TEXT;
     """,
 }
 
