@@ -109,10 +109,11 @@ def test_vllm_backend_makes_verified_triplets(run_dir: Path, checkpoint: Path) -
     db = run_dir / "kc.db"
     # Prefill questions are the model's own (63% of them verified on the llama.cpp backend); given ones
     # would fail on the 0.5B tester's wrong expectations. Four attempts bound the time a hard one takes.
-    result = run_kodcode("run", *_RUN_FLAGS, "--concurrency", "8", "--target", "3", "--max-attempts", "4",
+    # One verified triplet proves the path; yield per hour is benchmarks/backends.py's question.
+    result = run_kodcode("run", *_RUN_FLAGS, "--concurrency", "8", "--target", "1", "--max-attempts", "4",
                          "--db", str(db), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 3
+    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 1
     assert {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")} == {"qwen2.5-coder-0.5b-instruct-bf16"}
     assert "target reached" in result.stdout
     assert not (run_dir / "llama-server.log").exists()      # no llama.cpp server was involved
@@ -139,7 +140,7 @@ def test_stopping_a_vllm_run_shuts_the_engine_down(run_dir: Path, checkpoint: Pa
         helpers = descendants(process.pid)      # sandbox servers, and any process the engine started
         os.kill(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err[-3000:]
+        assert process.returncode == 130, err[-3000:]     # stopped by Ctrl-C: 128 + SIGINT, after the drain
         assert "kodcode: SIGINT received" in out
         assert wait_gone(helpers) == [], "processes outlived the run"
         assert "Traceback" not in err, err[-3000:]
