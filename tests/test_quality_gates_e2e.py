@@ -1,4 +1,5 @@
-"""End to end: `python -m kodcode.run` with a model whose tests are weak for some problems. Those trials
+"""End to end: `python -m kodcode.run --no-matrix` (the per-attempt gates; the matrix's are in test_matrix.py) with a
+model whose tests are weak for some problems. Those trials
 pass their own tests but not the mutation gate, so they are not verified, and the store says why."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def test_weak_tests_fail_the_mutation_gate(fake_coder_server, run_dir: Path) -> 
     problems = tuple(p for p in CATALOGUE if p.name in WEAK | STRONG)
     coder, server = fake_coder_server(problems=problems, weak_tests=WEAK)
     db = run_dir / "kc.db"
-    result = run_kodcode("run", "--base-url", server.base_url, "--target", "2", "--concurrency", "2",
+    result = run_kodcode("run", "--base-url", server.base_url, "--no-matrix", "--target", "2", "--concurrency", "2",
                          "--max-attempts", "2", "--mode", "split", "--budget-calls", "80", "--db", str(db))
     assert result.returncode == 0, result.stderr
     assert server.responder_errors == []
@@ -83,7 +84,7 @@ def test_cross_check_samples_an_independent_solution(fake_coder_server, run_dir:
     config = run_dir / "kodcode.toml"
     config.write_text("[gates]\ncross_check = true\nvacuous = \"reject\"\n")
     db = run_dir / "kc.db"
-    result = run_kodcode("run", "--config", str(config), "--base-url", server.base_url, "--target", "1",
+    result = run_kodcode("run", "--config", str(config), "--base-url", server.base_url, "--no-matrix", "--target", "1",
                          "--concurrency", "1", "--mode", "joint", "--db", str(db))
     assert result.returncode == 0, result.stderr
     rows = query(db, "SELECT passed, gates FROM attempts WHERE gates IS NOT NULL")
