@@ -271,8 +271,8 @@ def main() -> None:
                  d.band_agree >= a.band_agree and d.calls <= 0.5 * a.calls))
     for text, value, ok in rows:
         print(f"  {verdict(ok)}  {text:<52} {value}")
-    print(f"\n(hard triplets = verified and labelled hard by the policy; the columns beside them in Part 2 "
-          f"count those whose label is right, and all verified questions hard by their 10 trials)")
+    print("\n(hard triplets = verified and labelled hard by the policy; the columns beside them in Part 2 "
+          "count those whose label is right, and all verified questions hard by their 10 trials)")
     print(f"elapsed {time.perf_counter() - started:.1f} s")
 
 
