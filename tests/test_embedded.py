@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ import pytest
 
 from helpers import pid_alive
 from kodcode.errors import EmbeddedModelError
-from kodcode.models import files as model_files, llama_server as embedded
+from kodcode.models import llama_server as embedded
 from kodcode.models.llama_server import MAX_SLOTS, EmbeddedEndpoint, embedded_server, server_command, slots_for
 from kodcode.models.native_build import built_server_path
 from kodcode.models.files import (
@@ -449,8 +450,8 @@ def test_the_prebuilt_runtime_is_the_default_and_a_native_build_is_used_once_pre
     assert embedded._resolve_runtime(None, cache)[0] == embedded.prebuilt_launcher()
 
 
-def server_pids(binary: Path) -> list[int]:
-    """Pids of running processes whose command line mentions ``binary``, found by scanning /proc."""
+def pids_whose_command_line(matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """Pids of running processes whose command line (its NUL-split parts) `matches`, found by scanning /proc."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -459,9 +460,14 @@ def server_pids(binary: Path) -> list[int]:
             command_line = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(str(binary).encode() in part for part in command_line) and pid_alive(int(entry.name)):
+        if matches(command_line) and pid_alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
+
+
+def server_pids(binary: Path) -> list[int]:
+    """Pids of running processes whose command line mentions ``binary``."""
+    return pids_whose_command_line(lambda parts: any(str(binary).encode() in part for part in parts))
 
 
 ORPHAN_PARENT = """
@@ -632,17 +638,7 @@ def test_lost_port_race_is_reported_by_the_prebuilt_runtime(real_server_availabl
 
 def prebuilt_server_pids() -> list[int]:
     """Pids of running prebuilt-runtime servers (the child processes running kodcode.models.xllamacpp_server)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command_line = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"kodcode.models.xllamacpp_server" in command_line and pid_alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    return pids_whose_command_line(lambda parts: b"kodcode.models.xllamacpp_server" in parts)
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from kodcode.units import format_duration
+
 __all__ = [
     "DerivedFigures",
     "ProgressSnapshot",
@@ -121,19 +123,6 @@ def derive(snapshot: ProgressSnapshot, *, tokens_per_s: float | None = None) -> 
         cost_per_verified=_ratio(s.cost_usd, gained),
         eta_s=eta,
     )
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
 
 
 def _pct(value: float | None) -> str:

@@ -49,6 +49,7 @@ from kodcode.store.view_queries import (
     run_facts,
     store_version,
 )
+from kodcode.units import format_duration
 from kodcode.view.charts import bar_chart, line_chart
 
 __all__ = ["LIVE_HEADER", "create_app"]
@@ -88,16 +89,7 @@ def _usd(value: float | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    whole = int(round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+    return format_duration(seconds, unknown="–")
 
 
 def _count(value: float | None) -> str:
