@@ -24,7 +24,8 @@ from helpers import kodcode_command, kodcode_env, query, run_kodcode
 from kodcode.store.sqlite import Store
 from scripted_openai import ScriptedOpenAIServer
 from test_hygiene import LAUNCHER
-from test_soak import RUN_ARGS, start_server
+from fake_coder import FakeCoder
+from test_soak import RUN_ARGS, SCRIPT, IdempotentCoder, start_server
 
 UNREACHABLE = "http://127.0.0.1:9/v1"
 TABLE: list[tuple[str, str]] = []
@@ -233,11 +234,17 @@ def test_sigint_twice_on_an_existing_store_is_a_clean_stop(tmp_path: Path, momen
     try:
         first = run_kodcode("run", "--base-url", server.base_url, "--db", str(db), "--target", "1", *RUN_ARGS)
         assert first.returncode == 0, first.stderr
-        verified = set(query(db, "SELECT item_id, question FROM items WHERE state='verified'"))
-        rc, left, err = interrupt(["--base-url", server.base_url, "--db", str(db), "--target", "5", *RUN_ARGS],
-                                  moments)
     finally:
         server.stop()
+    verified = set(query(db, "SELECT item_id, question FROM items WHERE state='verified'"))
+    # The resumed run must still be working when the signals land: on a fast machine a scripted server
+    # that answers at once lets it reach its target before 3.5 s, and the test would see exit 0.
+    slow = ScriptedOpenAIServer(IdempotentCoder(FakeCoder(**SCRIPT)), latency=1.0).start()
+    try:
+        rc, left, err = interrupt(["--base-url", slow.base_url, "--db", str(db), "--target", "50", *RUN_ARGS],
+                                  moments)
+    finally:
+        slow.stop()
     line = assert_clean_stop(rc, left, err)
     TABLE.append((f"SIGINT twice on an existing store, {moments[0]} s in (exit 130)", line))
     assert query(db, "PRAGMA integrity_check")[0][0] == "ok"
