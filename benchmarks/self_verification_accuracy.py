@@ -15,16 +15,22 @@ tests, mutation). So the comparison is exact and costs no extra model calls.
     .venv/bin/python benchmarks/self_verification_accuracy.py --matrix --limit 20     # arm (c): the matrix
 
 Arms of issue 18: without --matrix this is (b), kodcode without the execution matrix (the first attempt
-that passes its own tests and the gates is accepted). With --matrix it is (c): every question gets
---max-attempts attempts (tests from the fixed signature), the Matrix agent fills the execution matrix
-after each, and the consensus's accepted solution is checked against the human tests. Both report
-accuracy with a Wilson 95% interval and the detection rate: of the model's solutions that fail the
-human tests, the share the accepted tests reject.
+that passes its own tests and the gates is accepted). With --matrix every question gets --max-attempts
+attempts (tests from the fixed signature) and the Matrix agent fills the execution matrix after each;
+that one run yields both arms on the very same attempts: (b) is the first attempt whose own tests and
+gates pass (what kodcode accepts without the matrix), (c) is the consensus's accepted pair. Each arm
+reports accuracy with a Wilson 95% interval and the detection rate: of the model's solutions that fail
+the human tests, the share the arm's accepted tests reject.
+
+A full HumanEval run on the embedded model takes hours, so `--out FILE` appends one JSON line per
+finished question; run the same command again to go on where it stopped, and `--report-only` prints the
+tables from what the file holds (a partial run reports on the questions it finished).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -34,13 +40,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
 
 from kodcode.agents.context import AgentContext
-from kodcode.agents.judge import Judge
+from kodcode.agents.judge import Judge, Judgement
 from kodcode.agents.matrix import Matrix
 from kodcode.agents.solver import Solver
 from kodcode.agents.tester import Tester
@@ -71,10 +77,28 @@ class Outcome:
     rejections: Counter = field(default_factory=Counter)  # gate name -> trials it rejected
     human_plain: bool | None = None
     human_gated: bool | None = None
-    solutions: list[str] = field(default_factory=list)     # every parsed solution, in attempt order
+    solutions: list[str | None] = field(default_factory=list)   # per attempt; None: no solution parsed
+    tests: list[str | None] = field(default_factory=list)       # per attempt; None: no tests parsed
+    human: list[bool | None] = field(default_factory=list)      # per attempt: its solution passes the human tests
+    cells: list[dict] = field(default_factory=list)             # --matrix: every (solution, tests) cell, for replay
     accepted_tests: str | None = None                      # the tests that verified the accepted solution
     wrong: int = 0                                         # the model's solutions failing the human tests
     rejected: int = 0                                      # ... of them, rejected by the accepted tests
+    # --matrix: the consensus's choice beside the first gated diagonal pass (arm b, above), same attempts
+    solution_matrix: str | None = None
+    matrix_tests: str | None = None
+    human_matrix: bool | None = None
+    rejected_matrix: int = 0                               # wrong solutions the matrix's tests reject
+
+    def to_json(self) -> dict:
+        fields = asdict(self)
+        fields["question"] = self.question.question_id
+        fields["rejections"] = dict(self.rejections)
+        return fields
+
+    @classmethod
+    def from_json(cls, fields: dict, question: GivenQuestion) -> Outcome:
+        return cls(**{**fields, "question": question, "rejections": Counter(fields["rejections"])})
 
 
 async def solve_question(ctx: AgentContext, question: GivenQuestion, max_attempts: int) -> Outcome:
@@ -91,29 +115,20 @@ async def solve_question(ctx: AgentContext, question: GivenQuestion, max_attempt
         task = await solver.handle(task)
         if isinstance(task, AttemptTask) and task.tests is None:
             task = await tester.handle(task)
+        outcome.solutions.append(task.solution if isinstance(task, AttemptTask) else None)
+        outcome.tests.append(task.tests if isinstance(task, AttemptTask) else None)
         if isinstance(task, AttemptResult):
             continue
         assert task.solution is not None
-        outcome.solutions.append(task.solution)
-        judgement = await judge.judge(task)
-        if not judgement.tests_passed:
-            continue
-        if judgement.mutation is not None and judgement.mutation.score is not None:
-            outcome.scores.append(judgement.mutation.score)
-        if outcome.tests_passed_at is None:
-            outcome.tests_passed_at, outcome.solution_plain = attempt, task.solution
-        if judgement.passed:
-            outcome.gated_at, outcome.solution_gated = attempt, task.solution
-            outcome.accepted_tests = task.tests
+        record_diagonal(outcome, attempt, task, await judge.judge(task))
+        if outcome.gated_at is not None:
             break
-        gates = judgement.gates or {}
-        rejected_by = "vacuous" if gates.get("mutation", {}).get("skipped") else "mutation"
-        outcome.rejections[rejected_by] += 1
     return outcome
 
 
 async def solve_with_matrix(ctx: AgentContext, question: GivenQuestion, max_attempts: int) -> Outcome:
-    """Arm (c): every attempt runs (solution, then tests from the fixed signature); the matrix decides."""
+    """Every attempt runs (solution, then tests from the fixed signature) and the matrix decides (arm c);
+    the first attempt whose own tests and gates pass is what kodcode accepts without the matrix (arm b)."""
     solver, tester, judge, matrix = Solver(ctx), Tester(ctx), Judge(ctx), Matrix(ctx)
     outcome = Outcome(question)
     item_id = question.question_id.replace("/", "_")
@@ -123,30 +138,66 @@ async def solve_with_matrix(ctx: AgentContext, question: GivenQuestion, max_atte
         outcome.attempts = attempt
         await ctx.records.open_attempt(item_id, attempt, "split")
         task: AttemptTask | AttemptResult = await solver.handle(AttemptTask(item_id, attempt, question.question))
+        outcome.solutions.append(task.solution if isinstance(task, AttemptTask) else None)
         if isinstance(task, AttemptTask) and task.tests is None:
-            outcome.solutions.append(task.solution or "")
             task = await tester.handle(task)
+        outcome.tests.append(task.tests if isinstance(task, AttemptTask) else None)
         if isinstance(task, AttemptTask):
-            await judge.judge(task)
+            judgement = await judge.judge(task)
+            if judgement.tests_passed:   # with the matrix on, the Judge leaves the diagonal ungated
+                judgement = await judge.gate(task, judgement.verdict)
+            record_diagonal(outcome, attempt, task, judgement)
         decided = await matrix.update(item_id)
-        if decided.verified and outcome.tests_passed_at is None:
-            outcome.tests_passed_at = attempt
     if decided.verified:
-        outcome.gated_at = outcome.tests_passed_at
-        outcome.solution_gated = outcome.solution_plain = decided.solution
-        outcome.accepted_tests = decided.tests
+        outcome.solution_matrix, outcome.matrix_tests = decided.solution, decided.tests
+    outcome.cells = [{key: cell[key] for key in ("solution_attempt", "tests_attempt", "passed", "outcomes")}
+                     for cell in await ctx.records.matrix_cells(item_id)]
     return outcome
 
 
-async def detection(sandbox: Sandbox, outcome: Outcome) -> None:
-    """Of the model's solutions that fail the human tests, how many the accepted tests reject."""
-    if outcome.accepted_tests is None:
+def record_diagonal(outcome: Outcome, attempt: int, task: AttemptTask, judgement: Judgement) -> None:
+    """What kodcode without the matrix makes of one attempt: its solution judged by its own tests."""
+    if not judgement.tests_passed:
         return
+    if judgement.mutation is not None and judgement.mutation.score is not None:
+        outcome.scores.append(judgement.mutation.score)
+    if outcome.tests_passed_at is None:
+        outcome.tests_passed_at, outcome.solution_plain = attempt, task.solution
+    if outcome.gated_at is not None:
+        return
+    if judgement.passed:
+        outcome.gated_at, outcome.solution_gated, outcome.accepted_tests = attempt, task.solution, task.tests
+        return
+    gates = judgement.gates or {}
+    outcome.rejections["vacuous" if gates.get("mutation", {}).get("skipped") else "mutation"] += 1
+
+
+async def detection(sandbox: Sandbox, outcome: Outcome) -> None:
+    """Of the model's solutions that fail the human tests, how many each arm's accepted tests reject."""
     for solution in outcome.solutions:
-        if await human_verdict(sandbox, outcome.question, solution):
+        if solution is None:
+            outcome.human.append(None)
+            continue
+        right = await human_verdict(sandbox, outcome.question, solution)
+        outcome.human.append(right)
+        if right:
             continue
         outcome.wrong += 1
-        outcome.rejected += not (await sandbox.run(solution, outcome.accepted_tests)).passed
+        if outcome.accepted_tests is not None:
+            outcome.rejected += not (await sandbox.run(solution, outcome.accepted_tests)).passed
+        if outcome.matrix_tests is not None:
+            outcome.rejected_matrix += not (await sandbox.run(solution, outcome.matrix_tests)).passed
+
+
+async def judge_against_humans(sandbox: Sandbox, outcome: Outcome) -> None:
+    await detection(sandbox, outcome)
+    if outcome.solution_plain is not None:
+        outcome.human_plain = await human_verdict(sandbox, outcome.question, outcome.solution_plain)
+    if outcome.solution_gated is not None:
+        outcome.human_gated = (outcome.human_plain if outcome.gated_at == outcome.tests_passed_at
+                               else await human_verdict(sandbox, outcome.question, outcome.solution_gated))
+    if outcome.solution_matrix is not None:
+        outcome.human_matrix = await human_verdict(sandbox, outcome.question, outcome.solution_matrix)
 
 
 async def human_verdict(sandbox: Sandbox, question: GivenQuestion, solution: str) -> bool:
@@ -238,8 +289,32 @@ async def endpoint(args: argparse.Namespace, questions: list[GivenQuestion]) -> 
             yield embedded.base_url, embedded.model
 
 
+def load_outcomes(path: Path | None, questions: list[GivenQuestion]) -> dict[str, Outcome]:
+    """The questions an earlier run of the same command finished (one JSON line each)."""
+    if path is None or not path.exists():
+        return {}
+    by_id = {question.question_id: question for question in questions}
+    done: dict[str, Outcome] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            fields = json.loads(line)
+        except json.JSONDecodeError:
+            continue   # the last line of a killed run may be cut short: that question runs again
+        if fields.get("question") in by_id:
+            done[fields["question"]] = Outcome.from_json(fields, by_id[fields["question"]])
+    return done
+
+
 async def run(args: argparse.Namespace) -> list[Outcome]:
     questions = humaneval_questions(args.limit)
+    done = load_outcomes(args.out, questions)
+    todo = [question for question in questions if question.question_id not in done]
+    if args.report_only or not todo:
+        return [done[q.question_id] for q in questions if q.question_id in done]
+    if done:
+        print(f"{len(done)} question(s) already in {args.out}; running the other {len(todo)}", file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="kodcode-selfverify-"))
     configure_logging(work / "events.jsonl", console_level="warning")
     async with endpoint(args, questions) as (base_url, model):
@@ -258,33 +333,46 @@ async def run(args: argparse.Namespace) -> list[Outcome]:
             async with open_sandbox(workers=args.sandbox_workers, isolation=isolation) as sandbox:
                 ctx = AgentContext(config, llm, records, sandbox, PromptLibrary(), {role: model for role in ROLES},
                                    get_logger())
-                outcomes: list[Outcome | None] = [None] * len(questions)
                 slots = anyio.Semaphore(args.concurrency)
+                solve = solve_with_matrix if args.matrix else solve_question
 
-                async def one(index: int) -> None:
+                async def one(question: GivenQuestion) -> None:
                     async with slots:
-                        solve = solve_with_matrix if args.matrix else solve_question
-                        outcome = await solve(ctx, questions[index], args.max_attempts)
-                        await detection(sandbox, outcome)
-                        if outcome.solution_plain is not None:
-                            outcome.human_plain = await human_verdict(sandbox, outcome.question, outcome.solution_plain)
-                        if outcome.solution_gated is not None:
-                            outcome.human_gated = (outcome.human_plain if outcome.gated_at == outcome.tests_passed_at
-                                                   else await human_verdict(sandbox, outcome.question,
-                                                                            outcome.solution_gated))
-                        outcomes[index] = outcome
+                        outcome = await solve(ctx, question, args.max_attempts)
+                        await judge_against_humans(sandbox, outcome)
+                        done[question.question_id] = outcome
+                        if args.out is not None:
+                            with args.out.open("a", encoding="utf-8") as out:
+                                out.write(json.dumps(outcome.to_json()) + "\n")
                         if args.progress:
-                            print(f"  {outcome.question.question_id}: plain={outcome.tests_passed_at} "
-                                  f"gated={outcome.gated_at} human={outcome.human_plain}/{outcome.human_gated}",
-                                  file=sys.stderr, flush=True)
+                            print(f"  {question.question_id}: plain={outcome.tests_passed_at} "
+                                  f"gated={outcome.gated_at} matrix={outcome.solution_matrix is not None} "
+                                  f"human={outcome.human_plain}/{outcome.human_gated}/{outcome.human_matrix} "
+                                  f"[{len(done)}/{len(questions)}]", file=sys.stderr, flush=True)
 
                 async with anyio.create_task_group() as group:
-                    for index in range(len(questions)):
-                        group.start_soon(one, index)
+                    for question in todo:
+                        group.start_soon(one, question)
         finally:
             await llm.aclose()
             await store.aclose()
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [done[q.question_id] for q in questions if q.question_id in done]
+
+
+def arm_line(name: str, outcomes: list[Outcome], solution: str, human: str, tests: str, rejected: str) -> str:
+    accepted = [o for o in outcomes if getattr(o, solution) is not None]
+    right = sum(bool(getattr(o, human)) for o in accepted)
+    wrong = sum(o.wrong for o in outcomes if getattr(o, tests) is not None)
+    caught = sum(getattr(o, rejected) for o in outcomes if getattr(o, tests) is not None)
+    low, high = wilson_interval(right, len(accepted))
+    d_low, d_high = wilson_interval(caught, wrong)
+    return (f"{name}: verified {len(accepted)} of {len(outcomes)}, accuracy {ratio(right, len(accepted))} "
+            f"(95% CI {low:.3f}-{high:.3f}); detection: the accepted tests reject {caught} of the {wrong} "
+            f"model solutions that fail the human tests ({ratio(caught, wrong)}, 95% CI {d_low:.3f}-{d_high:.3f})")
+
+
+def ratio(a: int, b: int) -> str:
+    return f"{a / b:.3f}" if b else "n/a"
 
 
 def report(outcomes: list[Outcome], args: argparse.Namespace, elapsed: float) -> dict[str, float]:
@@ -300,9 +388,6 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, elapsed: float) ->
     for o in outcomes:
         rejections.update(o.rejections)
 
-    def ratio(a: int, b: int) -> str:
-        return f"{a / b:.3f}" if b else "n/a"
-
     source = "scripted model" if args.scripted else (args.base_url or "embedded model")
     print(f"HumanEval questions taken as given: {total} (limit {args.limit}), up to {args.max_attempts} attempts "
           f"each, {source}, {elapsed:.0f} s")
@@ -314,20 +399,20 @@ def report(outcomes: list[Outcome], args: argparse.Namespace, elapsed: float) ->
     print(f"gate cost: {len(lost)} question(s) verified without the gate are not verified with it "
           f"({lost_wrong} of them fail the human tests anyway); gated trials rejected: "
           f"{dict(rejections) or 'none'}")
-    arm = "(c) with the execution matrix" if args.matrix else "(b) without the execution matrix"
-    low, high = wilson_interval(gated_ok, len(gated))
-    wrong = sum(o.wrong for o in outcomes)
-    rejected = sum(o.rejected for o in outcomes)
-    d_low, d_high = wilson_interval(rejected, wrong)
-    print(f"{arm}: accuracy of accepted solutions {ratio(gated_ok, len(gated))} (95% CI {low:.3f}-{high:.3f}, "
-          f"n={len(gated)}); detection: the accepted tests reject {rejected} of the {wrong} model solutions "
-          f"that fail the human tests ({ratio(rejected, wrong)}, 95% CI {d_low:.3f}-{d_high:.3f})")
+    print(arm_line("(b) without the execution matrix", outcomes, "solution_gated", "human_gated",
+                   "accepted_tests", "rejected"))
+    matrix_ok = 0
+    if args.matrix:
+        print(arm_line("(c) with the execution matrix", outcomes, "solution_matrix", "human_matrix",
+                       "matrix_tests", "rejected_matrix"))
+        matrix_ok = sum(bool(o.human_matrix) for o in outcomes if o.solution_matrix is not None)
     if scores:
         print(f"mutation scores of trials that passed their own tests: n={len(scores)} "
               f"mean={statistics.fmean(scores):.3f} median={statistics.median(scores):.3f} "
               f"below threshold={sum(s < args.threshold for s in scores)}")
     return {"verified_plain": len(plain), "verified_gated": len(gated), "human_plain": plain_ok,
-            "human_gated": gated_ok, "lost": len(lost)}
+            "human_gated": gated_ok, "lost": len(lost),
+            "verified_matrix": sum(o.solution_matrix is not None for o in outcomes), "human_matrix": matrix_ok}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,10 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="a line per question on stderr")
     parser.add_argument("--matrix", action="store_true",
-                        help="arm (c): all attempts, the execution matrix's consensus decides (default: arm (b))")
+                        help="all attempts, and the execution matrix's consensus as arm (c) beside arm (b)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="append one JSON line per finished question; a second run goes on from it")
+    parser.add_argument("--report-only", action="store_true", help="print the tables from --out, run nothing")
     args = parser.parse_args(argv)
     if args.scripted and args.base_url:
         parser.error("--scripted and --base-url conflict")
+    if args.report_only and args.out is None:
+        parser.error("--report-only reads --out FILE")
     started = time.monotonic()
     outcomes = anyio.run(run, args, backend="asyncio")
     report(outcomes, args, time.monotonic() - started)

@@ -68,3 +68,14 @@ def test_import_layers_contract_is_kept() -> None:
     result = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
+
+
+def test_extras_are_named_as_every_pip_can_ask_for_them() -> None:
+    # pip before 23.3 does not normalise the extra a user asks for, so `.[embedded-1_5b]` found no extra
+    # (with only a warning) although hatchling published it as `embedded-1-5b`: names must be normalised.
+    import tomllib
+
+    extras = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert extras, "pyproject.toml declares the extras README installs"
+    for name in extras:
+        assert name == re.sub(r"[-_.]+", "-", name).lower(), f"extra {name!r} is not PEP 685-normalised"

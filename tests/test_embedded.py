@@ -558,7 +558,7 @@ async def test_real_server_answers_chat_and_raw_completions(real_server_availabl
             client = AsyncOpenAI(base_url=endpoint.base_url, api_key="unused")
             chat = await client.chat.completions.create(
                 model=endpoint.model, messages=question,
-                **embedded.CODE_SAMPLING.as_request_kwargs() | {"max_tokens": 120},
+                temperature=0.3, top_p=0.9, max_tokens=120, stop=["<|im_end|>"],
             )
             raw = await client.completions.create(
                 model=endpoint.model, prompt="def add(a, b):\n    return", max_tokens=8, temperature=0
@@ -675,13 +675,6 @@ def test_server_environment_makes_openmp_threads_wait_passively(monkeypatch: pyt
     assert "LLAMA_ARG_CTX_SIZE" not in env
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert embedded._resolve_runtime(binary)[1]["OMP_WAIT_POLICY"] == "ACTIVE"
-
-
-def test_sampling_presets_become_openai_request_fields() -> None:
-    assert embedded.CODE_SAMPLING.as_request_kwargs() == {
-        "temperature": 0.3, "top_p": 0.9, "max_tokens": 768, "stop": ["<|im_end|>"]
-    }
-    assert embedded.QUESTION_SAMPLING.as_request_kwargs()["stop"] == ["<|im_end|>", "<|im_start|>"]
 
 
 @pytest.mark.slow

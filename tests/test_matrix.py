@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,15 @@ async def add_item(parts: RunParts) -> None:
     await parts.records.set_question(ITEM, QUESTION, {}, "open")
 
 
+@asynccontextmanager
+async def item_matrix(server: Any, db: Path) -> AsyncIterator[tuple[RunParts, Matrix]]:
+    """A store with the one item, and the Matrix agent over it."""
+    async with AsyncExitStack() as stack:
+        parts = await open_parts(server, db, stack)
+        await add_item(parts)
+        yield parts, Matrix(parts.context())
+
+
 async def add_attempt(parts: RunParts, attempt: int, solution: str, tests: str) -> None:
     """What the Solver, Tester and Judge write for one attempt (the Judge's run is the diagonal cell)."""
     records = parts.records
@@ -76,10 +86,7 @@ def anyio_backend() -> str:
 async def test_consensus_accepts_right_solution_with_other_attempts_tests(fake_coder_server, tmp_path: Path) -> None:
     _coder, server = fake_coder_server()
     db = tmp_path / "kc.db"
-    async with AsyncExitStack() as stack:
-        parts = await open_parts(server, db, stack)
-        await add_item(parts)
-        matrix = Matrix(parts.context())
+    async with item_matrix(server, db) as (parts, matrix):
         # Attempt 1 alone: a wrong solution whose tests encode its mistake passes itself (the paper's
         # diagonal would verify it; with one attempt there is no other evidence).
         await add_attempt(parts, 1, WRONG, ENCODES_WRONG)
@@ -110,10 +117,7 @@ async def test_consensus_accepts_right_solution_with_other_attempts_tests(fake_c
 async def test_matrix_fills_incrementally_and_resume_keeps_it(fake_coder_server, tmp_path: Path) -> None:
     _coder, server = fake_coder_server()
     db = tmp_path / "kc.db"
-    async with AsyncExitStack() as stack:
-        parts = await open_parts(server, db, stack)
-        await add_item(parts)
-        matrix = Matrix(parts.context())
+    async with item_matrix(server, db) as (parts, matrix):
         await add_attempt(parts, 1, RIGHT, WEAK)
         await matrix.update(ITEM)
         assert rows(db, "SELECT COUNT(*) FROM matrix")[0][0] == 1
@@ -138,10 +142,7 @@ async def test_matrix_fills_incrementally_and_resume_keeps_it(fake_coder_server,
 async def test_detection_gate_rejects_tests_that_pass_a_known_wrong_solution(fake_coder_server, tmp_path: Path) -> None:
     _coder, server = fake_coder_server()
     db = tmp_path / "kc.db"
-    async with AsyncExitStack() as stack:
-        parts = await open_parts(server, db, stack)
-        await add_item(parts)
-        matrix = Matrix(parts.context())
+    async with item_matrix(server, db) as (parts, matrix):
         await add_attempt(parts, 1, WRONG, WEAK)
         await add_attempt(parts, 2, RIGHT, WEAK)
         await add_attempt(parts, 3, RIGHT_TOO, MOSTLY_WRONG)
@@ -156,6 +157,38 @@ async def test_detection_gate_rejects_tests_that_pass_a_known_wrong_solution(fak
         outcome = await matrix.update(ITEM)
     assert outcome.verified and outcome.accepted["tests_attempt"] == 4
     assert outcome.accepted["rejected"] == [1] and outcome.pass_sequence == (False, True, True, True)
+
+
+async def test_a_new_solution_that_passes_earlier_tests_needs_no_tests_of_its_own(fake_coder_server,
+                                                                                  tmp_path: Path) -> None:
+    _coder, server = fake_coder_server()
+    db = tmp_path / "kc.db"
+    async with item_matrix(server, db) as (parts, matrix):
+        await add_attempt(parts, 1, WRONG, STRONG)
+        assert not (await matrix.update(ITEM)).verified
+        records = parts.records
+        await records.open_attempt(ITEM, 2, "split")
+        await records.save_solution(ITEM, 2, WRONG.replace("items", "values"), "unique_sorted", {})
+        wrong_again = AttemptTask(ITEM, 2, QUESTION, WRONG.replace("items", "values"), "unique_sorted")
+        # A second wrong solution fails the only test file: its own tests must be written.
+        assert await matrix.earlier_tests_passed(wrong_again) is None
+        await records.open_attempt(ITEM, 3, "split")
+        await records.save_solution(ITEM, 3, RIGHT, "unique_sorted", {})
+        right = AttemptTask(ITEM, 3, QUESTION, RIGHT, "unique_sorted")
+        earlier = await matrix.earlier_tests_passed(right)
+        assert earlier is not None and earlier.attempt == 1 and earlier.tests == STRONG and earlier.verdict.passed
+        # Its cells are stored once: the update that follows runs nothing again.
+        cells = rows(db, "SELECT solution_attempt, tests_attempt, passed FROM matrix ORDER BY 1, 2")
+        assert cells == [(1, 1, 0), (2, 1, 0), (3, 1, 1)]
+        result = await Judge(parts.context()).judge_against(right, earlier.tests, judged_by="tests of attempt 1",
+                                                            verdict=earlier.verdict)
+        assert result.passed
+        outcome = await matrix.update(ITEM)
+    assert outcome.verified and (outcome.accepted["solution_attempt"], outcome.accepted["tests_attempt"]) == (3, 1)
+    # Both wrong solutions are real wrong solutions, and the accepted tests reject both.
+    assert outcome.accepted["rejected"] == [1, 2] and outcome.tests == STRONG
+    assert rows(db, "SELECT COUNT(*) FROM matrix")[0][0] == 3
+    assert json.loads(rows(db, "SELECT gates FROM attempts WHERE attempt=3")[0][0]) == {"judged_by": "tests of attempt 1"}
 
 
 # -- end to end: kodcode.run with the matrix (default) and without, then export and report ---------------
@@ -191,6 +224,12 @@ def test_run_with_matrix_exports_its_evidence_and_reports_detection(fake_coder_s
             # accepted tests reject.
             assert row["gpt_pass_sequence"][:3] == [0, 0, 1]
             assert matrix["wrong_attempts"][:2] == [1, 2] and matrix["detection_rate"] == 1.0
+    # A right solution after wrong ones passed an earlier attempt's test file whole: that file judged
+    # it, and no Tester call was paid for a file of its own.
+    reused = query(db, "SELECT item_id, attempt FROM attempts WHERE json_extract(gates, '$.judged_by') LIKE 'tests of attempt %'")
+    assert reused
+    testers = set(query(db, "SELECT item_id, attempt FROM llm_calls WHERE role='tester'"))
+    assert not set(reused) & testers
     # fail_first makes real wrong solutions; wherever the matrix met one, the accepted tests rejected it.
     assert any(row["metadata"]["matrix"]["wrong_attempts"] for row in rows)
     assert all(row["metadata"]["matrix"]["detection_rate"] in (None, 1.0) for row in rows)

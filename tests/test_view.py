@@ -4,6 +4,7 @@ generated 100,000-item store for paging. The browser tests are in test_view_brow
 from __future__ import annotations
 
 import html
+import json
 import importlib
 import re
 import shutil
@@ -90,6 +91,46 @@ def test_item_page_shows_attempts_verdicts_and_failing_output(run_store: RunStor
     assert page.text.count('<details class="call"') == calls > 0
     assert "Scheduler decisions" in page.text and "retry" in page.text
     assert "rewrite_complete@" in page.text
+
+
+def test_item_page_shows_the_execution_matrix_and_its_consensus(run_store: RunStore) -> None:
+    item = run_store.markup_item      # attempt 1 wrong, a later one right: a matrix with a failing row
+    cells = query(run_store.db, "SELECT solution_attempt, tests_attempt, passed, outcomes FROM matrix WHERE item_id=?",
+                  (item,))
+    consensus = json.loads(query(run_store.db, "SELECT consensus FROM items WHERE item_id=?", (item,))[0][0])
+    accepted = consensus["accepted"]
+    assert len(cells) >= 2 and any(not passed for _, _, passed, _ in cells)
+    page = client_for(run_store.db).get(f"/items/{item}").text
+    assert by_testid(page, "matrix") and "Execution matrix" in page
+    for solution, tests, passed, outcomes in cells:
+        cell = re.search(rf'<td class="cell (pass|fail)( accepted)?" data-testid="cell-{solution}x{tests}"', page)
+        assert cell is not None, (solution, tests)
+        assert cell.group(1) == ("pass" if passed else "fail")
+        assert bool(cell.group(2)) == ((solution, tests) == (accepted["solution_attempt"], accepted["tests_attempt"]))
+        functions = json.loads(outcomes)
+        shown = f'{sum(o == "passed" for o in functions.values())}/{len(functions)}'
+        assert shown in page[cell.end():cell.end() + 400]
+    # The wrong first solution is named as such, and so is the share of wrong solutions the tests reject.
+    row = by_testid(page, "matrix-row-1")
+    assert row and "solution 1" in row[0]
+    assert ("wrong, rejected" in page) == bool(accepted["rejected"])
+    assert f"solution {accepted['solution_attempt']} with the tests of attempt {accepted['tests_attempt']}" in page
+
+
+def test_a_store_without_the_matrix_has_no_matrix_section(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+
+    async def build() -> None:
+        store = await Store.open(db)
+        records = SqliteRecords(store)
+        await records.add_proposal(ProposeTask("old-1", 1, "prefill", "Prefill"))
+        await store.aclose()
+
+    anyio.run(build)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE matrix")
+    page = client_for(db).get("/items/old-1")
+    assert page.status_code == 200 and "Execution matrix" not in page.text
 
 
 def test_model_written_markup_is_shown_as_text(run_store: RunStore) -> None:

@@ -82,7 +82,7 @@ class Judge:
                 "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests),
                 "reason": verdict.reason, "duration_s": round(verdict.duration_s, 4)}])
         elif verdict.passed:
-            judgement = await self._gate(task, verdict)
+            judgement = await self.gate(task, verdict)
         final = verdict if judgement.passed == verdict.passed else replace(verdict, passed=False, reason=judgement.reason)
         score = judgement.mutation.score if judgement.mutation is not None else None
         await ctx.records.save_verdict(task.item_id, task.attempt, final, gates=judgement.gates, mutation_score=score)
@@ -98,19 +98,23 @@ class Judge:
                      duration_s=round(verdict.duration_s, 3))
         return judgement
 
-    async def judge_against(self, task: AttemptTask, tests: str) -> AttemptResult:
-        """A solution-only attempt (the matrix has accepted tests already, so no Tester call was paid):
-        its verdict is the accepted tests' on it. The attempt keeps no tests of its own, so it adds a row
-        to the matrix and no column."""
+    async def judge_against(self, task: AttemptTask, tests: str, *, judged_by: str = "accepted tests",
+                            verdict: Verdict | None = None) -> AttemptResult:
+        """A solution-only attempt (no Tester call was paid: the matrix has accepted tests already, or an
+        earlier attempt's test file passes this solution whole): its verdict is that file's on it (`verdict`
+        when it was run already). The attempt keeps no tests of its own, so it adds a row to the matrix and
+        no column."""
         assert task.solution is not None
-        verdict = await self._run(task.solution, tests)
-        await self.ctx.records.save_verdict(task.item_id, task.attempt, verdict, gates={"judged_by": "accepted tests"})
+        if verdict is None:
+            verdict = await self._run(task.solution, tests)
+        await self.ctx.records.save_verdict(task.item_id, task.attempt, verdict, gates={"judged_by": judged_by})
         self.ctx.log.info("attempt_judged", item_id=task.item_id, attempt=task.attempt, passed=verdict.passed,
                           reason=verdict.reason, coverage=verdict.coverage, tests=len(verdict.tests),
-                          duration_s=round(verdict.duration_s, 3), against="accepted tests")
+                          duration_s=round(verdict.duration_s, 3), against=judged_by)
         return AttemptResult(task.item_id, task.attempt, verdict.passed, verdict.reason, verdict.coverage)
 
-    async def _gate(self, task: AttemptTask, verdict: Verdict) -> Judgement:
+    async def gate(self, task: AttemptTask, verdict: Verdict) -> Judgement:
+        """The gates (vacuous tests, mutation) on a trial whose tests passed; stores nothing."""
         assert task.solution is not None and task.tests is not None
         settings = self.ctx.config.gates
         entry_point = task.entry_point or _entry_point(task.solution, task.question)

@@ -19,12 +19,14 @@ import anyio
 
 from kodcode.agents.context import AgentContext
 from kodcode.llm.client import stable_seed
+from kodcode.messages import AttemptTask
 from kodcode.quality.consensus import (Candidate, Cell, candidates, code_key, drop_test_functions, function_outcomes,
                                        pass_sequence)
 from kodcode.quality.mutation import generate_mutants, mutant_limits, run_mutation_gate
 from kodcode.quality.vacuous import find_vacuous_tests
+from kodcode.sandbox.base import Verdict
 
-__all__ = ["Matrix", "MatrixOutcome"]
+__all__ = ["EarlierTests", "Matrix", "MatrixOutcome"]
 
 RULE = "codet-dual-agreement"
 
@@ -42,6 +44,15 @@ class MatrixOutcome:
     @property
     def verified(self) -> bool:
         return self.accepted is not None
+
+
+@dataclass(frozen=True)
+class EarlierTests:
+    """An earlier attempt's test file that a new solution passes whole, and its verdict on it."""
+
+    attempt: int
+    tests: str
+    verdict: Verdict
 
 
 class Matrix:
@@ -89,6 +100,40 @@ class Matrix:
             return MatrixOutcome(item_id, attempts, sequence, None)
         return MatrixOutcome(item_id, attempts, sequence, record["accepted"], solutions[accepted.solution]["solution"],
                              tests_text, solutions[accepted.solution]["entry_point"])
+
+    async def earlier_tests_passed(self, task: AttemptTask) -> EarlierTests | None:
+        """A new solution against the item's earlier test files, before a test file of its own is paid for.
+
+        The cells are stored (the next update does not run them again). When a file passes the solution
+        whole, it is returned (the one with the most tests, then the earliest) to judge the attempt: a
+        Tester call would only add a column to a matrix that has evidence for this solution already."""
+        assert task.solution is not None
+        if task.entry_point is None:
+            return None
+        files = [m for m in await self.ctx.records.matrix_members(task.item_id)
+                 if m["tests_ran"] and m["tests"] and m["attempt"] != task.attempt]
+        if not files:
+            return None
+        runs: list[tuple[dict[str, Any], Verdict]] = []
+
+        async def run(row: dict[str, Any]) -> None:
+            code = _aliased(task.solution or "", task.entry_point or "", row["entry_point"])
+            async with self._limiter:
+                runs.append((row, await self.ctx.sandbox.run(code, row["tests"])))
+
+        async with anyio.create_task_group() as tg:
+            for row in files:
+                tg.start_soon(run, row)
+        runs.sort(key=lambda run: run[0]["attempt"])
+        await self.ctx.records.save_matrix_cells(task.item_id, [
+            {"solution_attempt": task.attempt, "tests_attempt": row["attempt"], "passed": verdict.passed,
+             "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests), "reason": verdict.reason,
+             "duration_s": round(verdict.duration_s, 4)} for row, verdict in runs])
+        passing = [(row, verdict) for row, verdict in runs if verdict.passed]
+        if not passing:
+            return None
+        row, verdict = max(passing, key=lambda run: (len(run[1].tests), -run[0]["attempt"]))
+        return EarlierTests(row["attempt"], row["tests"], verdict)
 
     # -- cells -------------------------------------------------------------------------------------------
 

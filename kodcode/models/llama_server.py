@@ -41,15 +41,12 @@ from kodcode.models.files import ModelVariant, default_cache_dir, ensure_model, 
 from kodcode.models.native_build import built_server_path
 
 __all__ = [
-    "CODE_SAMPLING",
     "CTX_PER_SLOT",
     "MAX_SLOTS",
     "PREBUILT_RUNTIME",
-    "QUESTION_SAMPLING",
     "SERVER_BINARY_ENV",
     "XLLAMACPP_REQUIREMENT",
     "EmbeddedEndpoint",
-    "SamplingPreset",
     "embedded_server",
     "ensure_model",
     "prebuilt_launcher",
@@ -71,44 +68,6 @@ _PORT_ATTEMPTS = 5
 _STOP_GRACE_SECONDS = 5.0
 _LOG_TAIL_LINES = 8
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-@dataclass(frozen=True)
-class SamplingPreset:
-    """Request parameters that suit the 0.5B model for one kind of call (OpenAI request field names)."""
-
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: tuple[str, ...] = ()
-    frequency_penalty: float = 0.0
-
-    def as_request_kwargs(self) -> dict[str, object]:
-        kwargs: dict[str, object] = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-        }
-        if self.stop:
-            kwargs["stop"] = list(self.stop)
-        if self.frequency_penalty:
-            kwargs["frequency_penalty"] = self.frequency_penalty
-        return kwargs
-
-
-# Measured on Qwen2.5-Coder-0.5B Q4_K_M (small samples; see the report that came with this module):
-# - questions, Magpie-style (raw /v1/completions on the chat-template prefix up to "<|im_start|>user\n..."):
-#   T=0.7, 1.0 and 1.2 all gave 5/5 distinct, on-topic tasks; at 1.2 every sample ran to the token cap,
-#   and at any temperature the model may run on from the question into an answer, so the stop strings
-#   end the user turn and the cap bounds the rest. Asked through chat ("write an exercise") it refused
-#   2 of 4 times: prefer the prefill.
-# - code (one function per call, checked by running asserts): T=0 3/4 passed, T=0.3 3/4, T=0.7 2/4;
-#   none reached the cap (mean 72-109 tokens). Greedy decoding is known to loop on this family (repeated
-#   asserts until the limit), so a low non-zero temperature; the cap is the backstop.
-QUESTION_SAMPLING = SamplingPreset(
-    temperature=0.9, top_p=0.95, max_tokens=200, stop=("<|im_end|>", "<|im_start|>")
-)
-CODE_SAMPLING = SamplingPreset(temperature=0.3, top_p=0.9, max_tokens=768, stop=("<|im_end|>",))
 
 
 @dataclass(frozen=True)

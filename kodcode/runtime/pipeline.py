@@ -197,6 +197,13 @@ class Pipeline:
                 # A test file of its own would cost a Tester call and add nothing the matrix needs.
                 await self.on_result(await self._guard(self._judge.judge_against(outcome, accepted)))
                 return
+            if self.config.matrix.reuse_tests:
+                earlier = await self._guard(self._matrix.earlier_tests_passed(outcome))
+                if earlier is not None:
+                    await self.on_result(await self._guard(self._judge.judge_against(
+                        outcome, earlier.tests, judged_by=f"tests of attempt {earlier.attempt}",
+                        verdict=earlier.verdict)))
+                    return
         await self._route(outcome)
 
     async def _test(self, task: AttemptTask) -> None:

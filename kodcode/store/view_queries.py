@@ -381,7 +381,36 @@ def item_detail(conn: sqlite3.Connection, item_id: str) -> dict[str, Any] | None
             " FROM prompt_trials WHERE item_id = ? ORDER BY batch, arm, sample", (item_id,))]
     return {"item": item, "attempts": attempts, "decisions": decisions, "rewrites": rewrites,
             "responses": responses, "calls": calls, "dedup_hash": dedup[0] if dedup else None,
-            "duplicate_of": duplicate_of, "known_items": known, "trials": trials}
+            "duplicate_of": duplicate_of, "known_items": known, "trials": trials,
+            "matrix": _item_matrix(conn, item_id, _json(item.get("consensus"), None))}
+
+
+def _item_matrix(conn: sqlite3.Connection, item_id: str, consensus: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The execution matrix as a grid (rows: solutions, columns: test files) with the consensus's reading:
+    the accepted cell, the agreeing group, dropped test functions, and the real wrong solutions."""
+    if not _has_table(conn, "matrix"):
+        return None
+    cells = {}
+    for row in conn.execute("SELECT solution_attempt, tests_attempt, passed, outcomes, reason FROM matrix"
+                            " WHERE item_id = ?", (item_id,)):
+        outcomes: dict[str, str] = _json(row["outcomes"], {})
+        cells[(row["solution_attempt"], row["tests_attempt"])] = {
+            "passed": bool(row["passed"]), "reason": row["reason"],
+            "functions": len(outcomes), "passed_functions": sum(o == "passed" for o in outcomes.values()),
+            "failing": sorted(name for name, outcome in outcomes.items() if outcome != "passed")}
+    if not cells and consensus is None:
+        return None
+    consensus = consensus or {}
+    accepted = consensus.get("accepted") or {}
+    solutions = sorted({s for s, _ in cells} | set(consensus.get("solutions", [])))
+    test_files = sorted({t for _, t in cells} | set(consensus.get("test_files", [])))
+    group, wrong, rejected = (set(accepted.get(key, [])) for key in ("group", "wrong", "rejected"))
+    rows = [{"solution": s,
+             "role": ("accepted" if s == accepted.get("solution_attempt") else "agrees" if s in group
+                      else "wrong, rejected" if s in rejected else "wrong, passes" if s in wrong else ""),
+             "cells": [cells.get((s, t)) for t in test_files]} for s in solutions]
+    return {"solutions": solutions, "test_files": test_files, "rows": rows, "consensus": consensus,
+            "accepted": accepted or None, "accepted_cell": (accepted.get("solution_attempt"), accepted.get("tests_attempt"))}
 
 
 # -- the prompts page --------------------------------------------------------------------------------------
