@@ -19,7 +19,13 @@ Every generation (a solution or a test file) costs one call, parsed or not. Poli
 
 Accuracy is the share of accepted solutions that pass the human tests (Wilson 95% interval).
 
+`--split-asserts` re-runs every recorded cell in the sandbox (no LLM call) with each test file split
+into one function per assert (kodcode.quality.consensus.split_assert_functions, what the Tester now
+stores with the matrix on), so records made before the split show what it changes; `--min-agree`
+sets the consensus's drop rule (distinct agreeing programs needed to drop a check they all fail).
+
     .venv/bin/python benchmarks/matrix_replay.py /path/to/he164.jsonl
+    .venv/bin/python benchmarks/matrix_replay.py /path/to/he164.jsonl --split-asserts --min-agree 2 3
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kodcode.quality.consensus import Cell, candidates, code_key
+import anyio
+
+from kodcode.quality.consensus import Cell, candidates, code_key, function_outcomes, split_assert_functions
 from kodcode.report import wilson_interval
+from kodcode.sandbox import open_sandbox
 
 
 @dataclass(frozen=True)
@@ -118,16 +127,41 @@ def matrix_all(record: Record) -> Decision:
     return decide(record, calls, attempt)
 
 
-def consensus_stop(record: Record) -> Decision:
-    calls = 0
-    for attempt in range(1, record.attempts + 1):
-        calls += attempt_calls(record, attempt)
-        seen = [c for (s, t), c in record.cells.items() if s <= attempt and t <= attempt]
-        keys = {s: code_key(text) for s, text in enumerate(record.solutions, 1) if text is not None and s <= attempt}
-        ranked = candidates(seen, code_keys=keys)
-        if ranked:
-            return decide(record, calls, ranked[0].solution)
-    return decide(record, calls, None)
+def consensus_stop(min_agree: int) -> Policy:
+    def policy(record: Record) -> Decision:
+        calls = 0
+        for attempt in range(1, record.attempts + 1):
+            calls += attempt_calls(record, attempt)
+            seen = [c for (s, t), c in record.cells.items() if s <= attempt and t <= attempt]
+            keys = {s: code_key(text) for s, text in enumerate(record.solutions, 1) if text is not None and s <= attempt}
+            ranked = candidates(seen, min_agree_to_drop=min_agree, code_keys=keys)
+            if ranked:
+                return decide(record, calls, ranked[0].solution)
+        return decide(record, calls, None)
+
+    return policy
+
+
+async def resplit(records: list[Record], workers: int) -> list[Record]:
+    """Every cell run again with each test file split into one function per assert."""
+    out: list[Record] = []
+    async with open_sandbox(workers=workers) as sandbox:
+        for record in records:
+            tests = [split_assert_functions(t) if t else None for t in record.tests]
+            cells: dict[tuple[int, int], Cell] = {}
+
+            async def run(solution: int, test_file: int, code: str, text: str) -> None:
+                verdict = await sandbox.run(code, text)
+                cells[solution, test_file] = Cell(solution, test_file, verdict.passed,
+                                                  function_outcomes((t.name, t.outcome) for t in verdict.tests))
+
+            async with anyio.create_task_group() as group:
+                for (solution, test_file) in record.cells:
+                    code, text = record.solutions[solution - 1], tests[test_file - 1]
+                    if code is not None and text is not None:
+                        group.start_soon(run, solution, test_file, code, text)
+            out.append(replace(record, tests=tests, cells=cells))
+    return out
 
 
 def best_passing(record: Record, solutions: list[int], test_files: list[int]) -> int | None:
@@ -226,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("records", type=Path, help="the --out file of self_verification_accuracy.py --matrix")
     parser.add_argument("--reuse", type=int, nargs="+", default=[1, 2],
                         help="tests-reused policies: solutions tried per test file before new tests")
+    parser.add_argument("--min-agree", type=int, nargs="+", default=[3],
+                        help="consensus policies: distinct agreeing programs needed to drop a check")
+    parser.add_argument("--split-asserts", action="store_true",
+                        help="re-run every cell with one test function per assert (sandbox only)")
+    parser.add_argument("--workers", type=int, default=2, help="sandbox workers for --split-asserts")
     args = parser.parse_args(argv)
     if not args.records.exists():
         parser.error(f"{args.records} does not exist")
@@ -234,8 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.records}: no question recorded with its matrix (run self_verification_accuracy.py "
               "--matrix --out FILE)", file=sys.stderr)
         return 2
-    policies: dict[str, Policy] = {"naive loop": naive, "(b) no matrix": no_matrix, "(c) matrix, all K": matrix_all,
-                                   "consensus, stop": consensus_stop, "any cell, stop": any_cell_stop}
+    policies: dict[str, Policy] = {"naive loop": naive, "(b) no matrix": no_matrix, "(c) matrix, all K": matrix_all}
+    if args.split_asserts:
+        records = anyio.run(resplit, records, args.workers)
+        # The live arms' verdicts came from the unsplit files; the naive loop and the rest are replayed.
+        del policies["(b) no matrix"], policies["(c) matrix, all K"]
+    for min_agree in args.min_agree:
+        policies[f"consensus, stop, drop {min_agree}"] = consensus_stop(min_agree)
+    policies["any cell, stop"] = any_cell_stop
     for reuse in args.reuse:
         policies[f"tests reused x{reuse}"] = tests_reused(reuse)
     print_table(report(records, policies), len(records))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from kodcode.quality.consensus import Cell, candidates, code_key, drop_test_functions, function_outcomes, pass_sequence
+from kodcode.quality.consensus import (Cell, candidates, code_key, drop_test_functions, function_outcomes, pass_sequence,
+                                       split_assert_functions)
 
 
 def cell(solution: int, tests: int, **outcomes: str) -> Cell:
@@ -90,3 +91,70 @@ def test_drop_test_functions_keeps_the_rest_verbatim() -> None:
 def test_code_key_ignores_formatting_and_comments() -> None:
     assert code_key("def f(x):\n    return x+1  # add\n") == code_key("def f( x ):\n\n    return x + 1\n")
     assert code_key("def f(x):\n    return x+1\n") != code_key("def f(x):\n    return x+2\n")
+
+
+ONE_FUNCTION = '''from solution import below_zero
+
+
+def test_below_zero():
+    """Every check in one function, as small models write them."""
+    assert below_zero([1, 2, 3]) is False, "no dip"
+    assert below_zero([1, 2,
+                       -4, 5]) is True
+    assert below_zero([10, -10, 20, -20]) is True   # wrong: the balance never goes below zero
+
+
+@pytest.fixture
+def ops():
+    return [1, -2]
+
+
+def test_with_fixture(ops):
+    assert below_zero(ops) is True
+    assert below_zero([]) is False
+
+
+def test_with_setup():
+    ops = [1, -2]
+    assert below_zero(ops) is True
+    assert ops == [1, -2]
+
+
+@pytest.mark.parametrize("x", [1])
+def test_marked(x):
+    assert below_zero([x]) is False
+    assert below_zero([-x]) is True
+
+
+def test_below_zero_2():
+    assert below_zero([-1]) is True
+'''
+
+
+def test_one_function_of_asserts_becomes_one_function_per_assert() -> None:
+    import ast
+
+    split = split_assert_functions(ONE_FUNCTION)
+    tree = ast.parse(split)
+    names = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    # The asserts-only function is split (a name already taken gets a suffix); fixtures, parameters,
+    # setup statements and marks keep their function whole.
+    assert names == ["test_below_zero_1", "test_below_zero_2_", "test_below_zero_3", "ops", "test_with_fixture",
+                     "test_with_setup", "test_marked", "test_below_zero_2"]
+    assert 'def test_below_zero_1():\n    assert below_zero([1, 2, 3]) is False, "no dip"\n' in split
+    assert "assert below_zero([1, 2,\n                       -4, 5]) is True" in split
+    assert split[split.index("@pytest.fixture"):] == ONE_FUNCTION[ONE_FUNCTION.index("@pytest.fixture"):]
+    assert split_assert_functions(split) == split          # nothing left to split
+    assert split_assert_functions("def broken(:\n") == "def broken(:\n"
+
+
+def test_split_asserts_let_the_consensus_drop_one_wrong_check() -> None:
+    # Two distinct right programs fail only the third check; a wrong one fails the first two.
+    right = {"test_below_zero_1": "passed", "test_below_zero_2": "passed", "test_below_zero_3": "failed"}
+    wrong = {"test_below_zero_1": "failed", "test_below_zero_2": "failed", "test_below_zero_3": "passed"}
+    cells = [Cell(1, 1, False, right), Cell(2, 1, False, right), Cell(3, 1, False, wrong)]
+    best = candidates(cells, min_agree_to_drop=2, code_keys={1: "a", 2: "b", 3: "c"})[0]
+    assert best.group == (1, 2) and best.dropped == ("test_below_zero_3",) and best.rejected == (3,)
+    # Unsplit, the same evidence is one function every solution fails: nothing to accept.
+    whole = [Cell(s, 1, False, {"test_below_zero": "failed"}) for s in (1, 2, 3)]
+    assert candidates(whole, min_agree_to_drop=2, code_keys={1: "a", 2: "b", 3: "c"}) == []

@@ -44,7 +44,7 @@ def test_a_failed_solver_call_costs_one_call_and_no_tester_call() -> None:
 
 def test_unsolved_questions_cost_every_generation_and_accept_nothing() -> None:
     world = record(set(), [False, False, False])
-    for policy in (replay.naive, replay.any_cell_stop, replay.consensus_stop, replay.tests_reused(2)):
+    for policy in (replay.naive, replay.any_cell_stop, replay.consensus_stop(3), replay.tests_reused(2)):
         assert policy(world) == replay.Decision(6, None, False)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from kodcode.agents.context import AgentContext
+from kodcode.agents.tester import prepare_tests
 from kodcode.messages import AttemptResult, AttemptTask
-from kodcode.parsing import (ParseFailure, clean_tests, ensure_solution_import, extract_code, extract_joint,
-                             solution_entry_point, test_info)
+from kodcode.parsing import ParseFailure, extract_code, extract_joint, solution_entry_point, test_info
 
 __all__ = ["Solver"]
 
@@ -47,7 +47,7 @@ class Solver:
                                            raw_output=response.text)
             return AttemptResult(task.item_id, task.attempt, False, reason, question=task.question)
         if tests is not None:
-            tests = ensure_solution_import(clean_tests(tests, entry_point), entry_point)
+            tests = prepare_tests(ctx.config, tests, entry_point)
             await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage, solution, entry_point)
         else:
             await ctx.records.save_solution(task.item_id, task.attempt, solution, entry_point, lineage)

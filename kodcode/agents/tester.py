@@ -6,9 +6,18 @@ from dataclasses import replace
 
 from kodcode.agents.context import AgentContext
 from kodcode.messages import AttemptResult, AttemptTask
+from kodcode.config import Config
 from kodcode.parsing import ParseFailure, TestInfo, clean_tests, ensure_solution_import, extract_code, test_info
+from kodcode.quality.consensus import split_assert_functions
 
-__all__ = ["Tester"]
+__all__ = ["Tester", "prepare_tests"]
+
+
+def prepare_tests(config: Config, tests: str, entry_point: str) -> str:
+    """A model's test file as it is stored and run: what would lie or crash dropped, the solution imported,
+    and, for the execution matrix, one function per assert (see split_assert_functions)."""
+    tests = ensure_solution_import(clean_tests(tests, entry_point), entry_point)
+    return split_assert_functions(tests) if config.matrix.enabled else tests
 
 
 class Tester:
@@ -40,7 +49,7 @@ class Tester:
             await ctx.records.fail_attempt(task.item_id, task.attempt, reason, role="tester", lineage=lineage,
                                            raw_output=response.text)
             return AttemptResult(task.item_id, task.attempt, False, reason, question=task.question)
-        tests = ensure_solution_import(clean_tests(tests, task.entry_point), task.entry_point)
+        tests = prepare_tests(ctx.config, tests, task.entry_point)
         await ctx.records.save_tests(task.item_id, task.attempt, tests, lineage)
         return replace(task, tests=tests)
 

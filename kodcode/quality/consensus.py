@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Candidate", "Cell", "TestKey", "candidates", "code_key", "drop_test_functions", "function_outcomes",
-           "pass_sequence", "patterns"]
+           "pass_sequence", "patterns", "split_assert_functions"]
 
 TestKey = tuple[int, str]     # (test-file attempt, test function name)
 
@@ -195,3 +195,61 @@ def drop_test_functions(tests: str, names: Iterable[str]) -> str:
             start = min([node.lineno] + [d.lineno for d in node.decorator_list])
             spans.append((start, node.end_lineno or node.lineno))
     return "".join(line for number, line in enumerate(lines, 1) if not any(a <= number <= b for a, b in spans))
+
+
+def split_assert_functions(tests: str) -> str:
+    """Each top-level test function made only of asserts becomes one function per assert.
+
+    Small models put every check in one function (`def test_f(): assert ...` x 10), and one wrong
+    expectation then fails every solution on the whole file: the consensus works per function, so it
+    could neither tell right solutions from wrong ones nor drop the one wrong check. Split, each assert
+    is a function of its own (`test_f_1`, `test_f_2`, ...): the file passes exactly when it passed
+    before, and the matrix sees which checks each solution fails. Only undecorated functions without
+    parameters whose body (after a docstring) is two or more asserts are split, so fixtures, marks,
+    setup statements and shared state keep their meaning; everything else stays verbatim.
+    """
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError:
+        return tests
+    taken = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    lines = tests.splitlines(keepends=True)
+    replaced: dict[int, tuple[int, str]] = {}      # first line -> (last line, new text)
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test") and not node.decorator_list
+                and not (node.args.args or node.args.posonlyargs or node.args.kwonlyargs or node.args.vararg
+                         or node.args.kwarg)):
+            continue
+        body = node.body[1:] if _is_docstring(node.body[0]) else node.body
+        if len(body) < 2 or not all(isinstance(statement, ast.Assert) for statement in body):
+            continue
+        parts = []
+        for number, statement in enumerate(body, 1):
+            name = f"{node.name}_{number}"
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            source = ast.get_source_segment(tests, statement)
+            if source is None:
+                break
+            parts.append(f"def {name}():\n    {source}\n")
+        else:
+            replaced[node.lineno] = (node.end_lineno or node.lineno, "\n\n".join(parts))
+    if not replaced:
+        return tests
+    out: list[str] = []
+    number = 1
+    while number <= len(lines):
+        if number in replaced:
+            last, text = replaced[number]
+            out.append(text)
+            number = last + 1
+        else:
+            out.append(lines[number - 1])
+            number += 1
+    return "".join(out)
+
+
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str))
