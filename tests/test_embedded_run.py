@@ -8,6 +8,7 @@ they fail, not skip, when it has not: the embedded default is the product's firs
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,13 +75,27 @@ def _gone(pid: int, timeout: float = 15) -> bool:
     return False
 
 
+# Plain one-line tasks (and none a benchmark has, or decontamination would turn them away): the 0.5B model
+# writes right tests for these, where its own prefill questions left a run 14 minutes without a verified
+# triplet. How many it verifies per hour on real questions is a benchmark's question
+# (benchmarks/embedded_speed.py --given), not a test's.
+EASY_QUESTIONS = (
+    "Write a Python function `double_all(values: list[int]) -> list[int]` that returns a new list with every value multiplied by 2.",
+    "Write a Python function `count_spaces(text: str) -> int` that returns how many space characters `text` contains.",
+    "Write a Python function `last_item(values: list[int]) -> int` that returns the last element of a non-empty list.",
+    "Write a Python function `greet(name: str) -> str` that returns the string 'Hello, ' followed by `name`.",
+    "Write a Python function `is_negative(x: int) -> bool` that returns True when `x` is below zero and False otherwise.",
+    "Write a Python function `total_length(words: list[str]) -> int` that returns the sum of the lengths of the strings in `words`.",
+)
+
+
 def test_embedded_model_makes_verified_triplets(run_dir: Path) -> None:
     db = run_dir / "kc.db"
-    # One verified triplet proves the path (real model, real sandbox, gates, stop at target); how many the 0.5B
-    # model verifies per hour is a benchmark's question (benchmarks/embedded_speed.py --given), not a test's:
-    # at target 3 this test took 10-30 minutes on a loaded 2-core machine, most of it the model's bad tests.
-    result = run_kodcode("run", "--concurrency", "4", "--target", "1", "--max-attempts", "4", "--db", str(db),
-                         timeout=1500)
+    given = run_dir / "easy.jsonl"
+    given.write_text("".join(json.dumps({"id": f"easy{i}", "question": q}) + "\n" for i, q in enumerate(EASY_QUESTIONS)))
+    # One verified triplet proves the path: real model, real sandbox, matrix and gates, stop at target.
+    result = run_kodcode("run", "--given", str(given), "--concurrency", "4", "--target", "1", "--max-attempts", "4",
+                         "--db", str(db), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 1
     models = {row[0] for row in query(db, "SELECT DISTINCT model FROM llm_calls")}

@@ -116,3 +116,45 @@ def test_bad_input_gets_one_line_and_exit_2(args: list[str], message: str, run_d
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_reaching_the_target_abandons_slow_attempts_after_the_grace(scripted_server, run_dir: Path) -> None:
+    """Attempts in flight when the target is reached get --grace seconds, then wait for the next run; the
+    run does not sit on a slow model's calls that cannot change its result, and loses nothing."""
+    import threading
+
+    from fake_coder import FakeCoder, problem_for
+    from scripted_openai import Reply
+
+    coder = FakeCoder()
+    fast: list[str] = []
+    lock = threading.Lock()
+
+    def slow_but_one(request):
+        answer = coder(request)
+        problem = problem_for(request.user, coder.problems)
+        if coder.kind(request) not in ("solve", "tests") or problem is None:
+            return answer
+        with lock:
+            if not fast:
+                fast.append(problem.name)
+        # Every question but the first answers only after two minutes: far beyond the grace.
+        return answer if problem.name == fast[0] else Reply(answer, delay=120.0)
+
+    server = scripted_server(slow_but_one)
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--target", "1", "--concurrency", "3",
+                         "--mode", "split", "--grace", "1", "--db", str(db), timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert "target reached: 1 verified" in result.stdout
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    abandoned = [e for e in events if e["event"] == "abandoned_in_flight"]
+    assert abandoned and all(e["busy"] + e["queued"] >= 1 for e in abandoned)
+    assert query(db, "PRAGMA integrity_check")[0][0] == "ok"
+    open_items = query(db, "SELECT COUNT(*) FROM items WHERE state='open'")[0][0]
+    assert open_items >= 1
+    # The next run, on a server that answers at once, takes the abandoned attempts up where they were.
+    again = run_kodcode("run", "--base-url", scripted_server(FakeCoder()).base_url, "--target", str(1 + open_items),
+                        "--concurrency", "3", "--mode", "split", "--db", str(db), timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert query(db, "SELECT COUNT(*) FROM items WHERE state='verified'")[0][0] >= 1 + open_items

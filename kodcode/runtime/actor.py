@@ -64,6 +64,7 @@ class Actor(Generic[T]):
         self._log = logger
         self.stats = ActorStats(name, workers)
         self.finished = anyio.Event()       # set when run() returns: the mailbox is closed and drained
+        self._scope = anyio.CancelScope()
 
     async def send(self, message: T, priority: float = 0.0) -> None:
         """Raises anyio.ClosedResourceError once the actor is closed."""
@@ -73,6 +74,12 @@ class Actor(Generic[T]):
         """No more messages: the workers finish the ones queued, then run() returns."""
         self.mailbox.close()
 
+    def abandon(self) -> None:
+        """Cancel the work in hand (its messages stay where the store has them, for the next run); run()
+        then returns. For work that no longer matters to this run, never for work whose result it needs."""
+        self.mailbox.close()
+        self._scope.cancel()
+
     def statistics(self) -> ActorStats:
         self.stats.queued = self.mailbox.qsize()
         return self.stats
@@ -80,9 +87,10 @@ class Actor(Generic[T]):
     async def run(self) -> None:
         """Serve until the mailbox is closed and drained."""
         try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(self._workers):
-                    tg.start_soon(self._serve)
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self._workers):
+                        tg.start_soon(self._serve)
         finally:
             self.finished.set()
 

@@ -119,6 +119,7 @@ class Pipeline:
         self.attempts_passed = 0
         self.rewrites_done = 0
         self._stop_reason: str | None = None
+        self._target_reached = False
         self._stop_requested = anyio.Event()
         self._supply_wakeup = anyio.Event()
         self.summary = RunSummary()
@@ -161,6 +162,10 @@ class Pipeline:
             await actor.send(message, priority)
         except anyio.ClosedResourceError:
             pass   # that actor is closed (a stop): the store holds the item's state for the next run
+
+    def _stop_at_target(self) -> None:
+        self._target_reached = True
+        self.request_stop(f"target reached: {self.verified} verified")
 
     @property
     def stopping(self) -> bool:
@@ -328,7 +333,7 @@ class Pipeline:
             await self._sample_responses(result.item_id, "instruct", question, best["solution"], best["tests"],
                                          best["entry_point"])
             if self.verified >= self.config.target:
-                self.request_stop(f"target reached: {self.verified} verified")
+                self._stop_at_target()
 
     # -- supply --------------------------------------------------------------------------------------------
 
@@ -345,7 +350,7 @@ class Pipeline:
         while not self.stopping:
             if self._open_items >= self._allowed_open():
                 if self.verified >= self.config.target:
-                    self.request_stop(f"target reached: {self.verified} verified")
+                    self._stop_at_target()
                     return
                 self._supply_wakeup = anyio.Event()
                 await self._supply_wakeup.wait()
@@ -422,7 +427,7 @@ class Pipeline:
                     ticks.start_soon(_every, tick_s, on_tick)
                 await self._resume()
                 if self.verified >= self.config.target:
-                    self.request_stop(f"target reached: {self.verified} verified")
+                    self._stop_at_target()
                 async with anyio.create_task_group() as supply:
                     supply.start_soon(self._supply)
                     await self._stop_requested.wait()
@@ -431,9 +436,26 @@ class Pipeline:
                 ticks.cancel_scope.cancel()
 
     async def _drain(self) -> None:
-        """Close the actors in the order messages flow, each once everything upstream has finished."""
+        """Close the actors in the order messages flow, each once everything upstream has finished.
+
+        Once the target is reached, attempts still in flight cannot change that: they get --grace seconds
+        to finish (a verdict that lands is kept), then are abandoned where the store has them, for the next
+        run; on a slow model one attempt's calls take minutes. The target's rewrites and reasoning samples
+        always finish: they are part of what was asked for."""
+        attempts = {self.proposer, self.solver, self.tester, self.judge}
+        deadline = None
+        if self._target_reached:
+            deadline = anyio.current_time() + self.config.grace_s
         for actor in self.actors:
             actor.close()
+            if deadline is not None and actor in attempts:
+                with anyio.move_on_at(deadline):
+                    await actor.finished.wait()
+                # An idle actor past the deadline only has to notice its closed mailbox: let it.
+                if not actor.finished.is_set() and (actor.stats.busy or actor.mailbox.qsize()):
+                    self.log.info("abandoned_in_flight", agent=actor.name, busy=actor.stats.busy,
+                                  queued=actor.mailbox.qsize(), reason="target reached; the next run takes them up")
+                    actor.abandon()
             await actor.finished.wait()
 
     async def collect_summary(self) -> RunSummary:
