@@ -16,6 +16,8 @@ Every generation (a solution or a test file) costs one call, parsed or not. Poli
   any cell, stop      after each attempt, stop once any solution passes any test file
   tests reused        s1 t1, then solutions only against the tests so far; a new test file only after
                       --reuse solutions in a row failed every test file; stop at the first passing cell
+  reused + consensus  tests reused (x1), stopping when the consensus accepts: the pipeline's default
+                      (matrix.reuse_tests), without its mutation and vacuity gates
 
 Accuracy is the share of accepted solutions that pass the human tests (Wilson 95% interval).
 
@@ -132,11 +134,10 @@ def consensus_stop(min_agree: int) -> Policy:
         calls = 0
         for attempt in range(1, record.attempts + 1):
             calls += attempt_calls(record, attempt)
-            seen = [c for (s, t), c in record.cells.items() if s <= attempt and t <= attempt]
-            keys = {s: code_key(text) for s, text in enumerate(record.solutions, 1) if text is not None and s <= attempt}
-            ranked = candidates(seen, min_agree_to_drop=min_agree, code_keys=keys)
-            if ranked:
-                return decide(record, calls, ranked[0].solution)
+            so_far = [s for s in range(1, attempt + 1) if record.solutions[s - 1] is not None]
+            accepted = consensus_pick(record, so_far, list(range(1, attempt + 1)), min_agree)
+            if accepted is not None:
+                return decide(record, calls, accepted)
         return decide(record, calls, None)
 
     return policy
@@ -181,9 +182,23 @@ def any_cell_stop(record: Record) -> Decision:
     return decide(record, calls, None)
 
 
-def tests_reused(reuse: int) -> Policy:
+def consensus_pick(record: Record, solutions: list[int], test_files: list[int], min_agree: int) -> int | None:
+    """The consensus's accepted solution over the cells among these solutions and test files, if any."""
+    seen = [c for (s, t), c in record.cells.items() if s in solutions and t in test_files]
+    keys = {s: code_key(record.solutions[s - 1] or "") for s in solutions}
+    ranked = candidates(seen, min_agree_to_drop=min_agree, code_keys=keys)
+    return ranked[0].solution if ranked else None
+
+
+def tests_reused(reuse: int, min_agree: int | None = None) -> Policy:
     """Solutions are cheap to check against tests already paid for: ask for tests again only after
-    `reuse` solutions in a row failed every test file so far."""
+    `reuse` solutions in a row failed every test file so far. Acceptance: any passing cell, or with
+    `min_agree` the consensus (what the pipeline does, gates aside)."""
+
+    def accept(record: Record, solutions: list[int], test_files: list[int]) -> int | None:
+        if min_agree is None:
+            return best_passing(record, solutions, test_files)
+        return consensus_pick(record, solutions, test_files, min_agree)
 
     def policy(record: Record) -> Decision:
         solutions: list[int] = []
@@ -200,7 +215,7 @@ def tests_reused(reuse: int) -> Policy:
             else:
                 continue
             calls += 1
-            accepted = best_passing(record, solutions, test_files) if test_files else None
+            accepted = accept(record, solutions, test_files) if test_files else None
             if accepted is not None:
                 return decide(record, calls, accepted)
         return decide(record, calls, None)
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     policies["any cell, stop"] = any_cell_stop
     for reuse in args.reuse:
         policies[f"tests reused x{reuse}"] = tests_reused(reuse)
+    for min_agree in args.min_agree:
+        policies[f"reused + consensus {min_agree}"] = tests_reused(1, min_agree)
     print_table(report(records, policies), len(records))
     return 0
 
