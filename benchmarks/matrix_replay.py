@@ -85,9 +85,13 @@ def load(path: Path) -> list[Record]:
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
-        fields: dict[str, Any] = json.loads(line)
-        if not fields.get("cells") and not fields.get("human"):
-            continue   # written by a run without --matrix, or before cells were recorded
+        try:
+            fields: dict[str, Any] = json.loads(line)
+        except json.JSONDecodeError:
+            continue   # the last line of a killed run may be cut short
+        if "human" not in fields or (not fields["cells"] and any(
+                s is not None and t is not None for s, t in zip(fields["solutions"], fields["tests"]))):
+            continue   # before cells were recorded, or a run without --matrix (which leaves no cells)
         cells = {(c["solution_attempt"], c["tests_attempt"]): Cell(c["solution_attempt"], c["tests_attempt"],
                                                                    bool(c["passed"]), c["outcomes"])
                  for c in fields["cells"]}

@@ -85,3 +85,14 @@ def test_the_script_replays_a_recorded_benchmark_run(tmp_path: Path) -> None:
     assert rows["tests reused x1"][:2] == ["6", "6"] and rows["tests reused x1"][4] == "13"
     first = json.loads(out.read_text().splitlines()[0])
     assert {"solutions", "tests", "human", "cells"} <= set(first)
+
+
+def test_records_without_a_matrix_and_a_cut_last_line_are_not_replayed(tmp_path: Path) -> None:
+    no_matrix = {"question": "HumanEval/0", "solutions": ["def f(): pass\n"], "tests": ["def test_f(): f()\n"],
+                 "human": [True], "cells": [], "gated_at": 1, "solution_matrix": None}
+    unsolved = {**no_matrix, "question": "HumanEval/1", "solutions": [None], "tests": [None], "human": [None]}
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(no_matrix) + "\n" + json.dumps(unsolved) + "\n" + json.dumps(unsolved)[:40])
+    # A run without --matrix leaves no cells although it had a solution and tests: its first-pass stop
+    # would be replayed as failures. An attempt with nothing to run has no cells in any run.
+    assert [record.question for record in replay.load(path)] == ["HumanEval/1"]

@@ -114,22 +114,18 @@ class Matrix:
                  if m["tests_ran"] and m["tests"] and m["attempt"] != task.attempt]
         if not files:
             return None
-        runs: list[tuple[dict[str, Any], Verdict]] = []
+        solution_row = {"attempt": task.attempt, "solution": task.solution, "entry_point": task.entry_point}
+        runs: list[tuple[dict[str, Any], dict[str, Any], Verdict]] = []
 
-        async def run(row: dict[str, Any]) -> None:
-            code = _aliased(task.solution or "", task.entry_point or "", row["entry_point"])
-            async with self._limiter:
-                runs.append((row, await self.ctx.sandbox.run(code, row["tests"])))
+        async def run(tests_row: dict[str, Any]) -> None:
+            runs.append((tests_row, *await self._cell(solution_row, tests_row)))
 
         async with anyio.create_task_group() as tg:
             for row in files:
                 tg.start_soon(run, row)
         runs.sort(key=lambda run: run[0]["attempt"])
-        await self.ctx.records.save_matrix_cells(task.item_id, [
-            {"solution_attempt": task.attempt, "tests_attempt": row["attempt"], "passed": verdict.passed,
-             "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests), "reason": verdict.reason,
-             "duration_s": round(verdict.duration_s, 4)} for row, verdict in runs])
-        passing = [(row, verdict) for row, verdict in runs if verdict.passed]
+        await self.ctx.records.save_matrix_cells(task.item_id, [cell for _, cell, _ in runs])
+        passing = [(row, verdict) for row, _, verdict in runs if verdict.passed]
         if not passing:
             return None
         row, verdict = max(passing, key=lambda run: (len(run[1].tests), -run[0]["attempt"]))
@@ -138,13 +134,16 @@ class Matrix:
     # -- cells -------------------------------------------------------------------------------------------
 
     async def _fill(self, solution_row: dict[str, Any], tests_row: dict[str, Any], out: list[dict[str, Any]]) -> None:
+        out.append((await self._cell(solution_row, tests_row))[0])
+
+    async def _cell(self, solution_row: dict[str, Any], tests_row: dict[str, Any]) -> tuple[dict[str, Any], Verdict]:
+        """One solution against one test file: the cell as stored, and the sandbox's verdict."""
         code = _aliased(solution_row["solution"], solution_row["entry_point"], tests_row["entry_point"])
         async with self._limiter:
             verdict = await self.ctx.sandbox.run(code, tests_row["tests"])
-        outcomes = function_outcomes((t.name, t.outcome) for t in verdict.tests)
-        out.append({"solution_attempt": solution_row["attempt"], "tests_attempt": tests_row["attempt"],
-                    "passed": verdict.passed, "outcomes": outcomes, "reason": verdict.reason,
-                    "duration_s": round(verdict.duration_s, 4)})
+        return ({"solution_attempt": solution_row["attempt"], "tests_attempt": tests_row["attempt"],
+                 "passed": verdict.passed, "outcomes": function_outcomes((t.name, t.outcome) for t in verdict.tests),
+                 "reason": verdict.reason, "duration_s": round(verdict.duration_s, 4)}, verdict)
 
     # -- acceptance --------------------------------------------------------------------------------------
 
