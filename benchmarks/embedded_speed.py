@@ -1,14 +1,17 @@
-"""The embedded model's runtimes side by side: the prebuilt default (xllamacpp) vs a native llama-server build.
+"""The embedded model's configurations side by side: runtimes (the prebuilt default, xllamacpp, vs a native
+llama-server build) and model variants (0.5b vs 1.5b).
 
-For each runtime, in one run of this script:
+For each (variant, runtime), in one run of this script:
 - generation tokens/s through the openai client with 1 request in flight and with --concurrency in flight
-  (every request generates exactly --tokens tokens, so both do the same work);
+  (every request generates exactly --tokens tokens, so all do the same work);
 - with --given FILE: the whole pipeline (`python -m kodcode.run --given FILE`, same seed, same flags) on the
-  same questions: verified triplets, accuracy (verified / questions) and verified triplets per hour of
-  pipeline time.
+  same questions: verified triplets, their share of the questions, verified triplets per hour of pipeline
+  time and, with --reference FILE, how many verified solutions are right by reference tests written apart
+  from the model (accuracy, with a Wilson interval) and right triplets per hour.
 
     .venv/bin/python benchmarks/embedded_speed.py [--native PATH] [--given benchmarks/data/given40.jsonl]
-        [--questions 40] [--concurrency 4] [--tokens 200] [--rounds 1] [--variant 0.5b] [--runtimes default,native]
+        [--reference benchmarks/data/given40_reference.jsonl] [--questions 40] [--concurrency 4]
+        [--tokens 200] [--rounds 1] [--variants 0.5b,1.5b] [--runtimes default,native]
 
 The native server is --native PATH (any llama-server binary), else the one `python -m kodcode.embedded
 prepare --native` built for this CPU; without either, only the default runs.
@@ -30,9 +33,12 @@ from pathlib import Path
 import anyio
 from openai import AsyncOpenAI
 
-from kodcode.models.files import default_cache_dir
+from kodcode.export import iter_v1_rows
+from kodcode.models.files import VARIANTS, default_cache_dir
 from kodcode.models.llama_server import PREBUILT_RUNTIME, SERVER_BINARY_ENV, EmbeddedEndpoint, embedded_server
 from kodcode.models.native_build import built_server_path
+from kodcode.report import wilson_interval
+from kodcode.sandbox import bwrap_available, open_sandbox
 
 PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number iteratively, with a docstring.",
@@ -49,6 +55,7 @@ PROMPTS = [
 @dataclass
 class RuntimeResult:
     name: str
+    variant: str = "0.5b"
     runtime: str = ""
     one_in_flight: float = 0.0
     n_in_flight: float = 0.0
@@ -56,6 +63,7 @@ class RuntimeResult:
     verified: int = 0
     pipeline_s: float = 0.0
     calls: int = 0
+    right: int | None = None   # verified solutions that pass the reference tests (None: no --reference)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -63,8 +71,12 @@ class RuntimeResult:
         return self.verified / self.pipeline_s * 3600 if self.pipeline_s else 0.0
 
     @property
-    def accuracy(self) -> float:
+    def verified_share(self) -> float:
         return self.verified / self.questions if self.questions else 0.0
+
+    @property
+    def right_per_hour(self) -> float:
+        return (self.right or 0) / self.pipeline_s * 3600 if self.pipeline_s else 0.0
 
 
 async def one_request(client: AsyncOpenAI, endpoint: EmbeddedEndpoint, prompt: str, tokens: int) -> int:
@@ -101,18 +113,19 @@ async def generation_speed(binary: Path | None, variant: str, concurrency: int, 
         return endpoint.runtime, one_rate, n_rate
 
 
-def pipeline(binary: Path | None, args: argparse.Namespace, given: Path, workdir: Path, name: str) -> RuntimeResult:
+def pipeline(binary: Path | None, variant: str, args: argparse.Namespace, given: Path, workdir: Path,
+             name: str) -> RuntimeResult:
     """One `kodcode.run --given` on this runtime; verified triplets and pipeline time from its store and events."""
     run_dir = workdir / name
     run_dir.mkdir(parents=True)
     db = run_dir / "kc.db"
     command = [sys.executable, "-m", "kodcode.run", "--given", str(given), "--db", str(db), "--seed", str(args.seed),
                "--max-attempts", str(args.max_attempts), "--concurrency", str(args.concurrency),
-               "--embedded-model", args.variant]
+               "--embedded-model", variant]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", SERVER_BINARY_ENV: str(binary) if binary else PREBUILT_RUNTIME}
     with open(run_dir / "stdout.txt", "w") as out, open(run_dir / "stderr.txt", "w") as err:
         returncode = subprocess.run(command, stdout=out, stderr=err, env=env).returncode
-    result = RuntimeResult(name=name)
+    result = RuntimeResult(name=name, variant=variant)
     finished: dict = {}
     for line in (run_dir / "events.jsonl").read_text(errors="replace").splitlines() if (run_dir / "events.jsonl").exists() else []:
         try:
@@ -137,6 +150,45 @@ def pipeline(binary: Path | None, args: argparse.Namespace, given: Path, workdir
     return result
 
 
+@dataclass(frozen=True)
+class Reference:
+    entry_point: str
+    test: str
+
+
+def load_references(path: Path, given_lines: list[str]) -> dict[str, Reference]:
+    """Reference tests by question text, matched to the given questions by `id`."""
+    by_id = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_id[row["id"]] = Reference(row["entry_point"], row["test"])
+    references = {}
+    for line in given_lines:
+        row = json.loads(line)
+        if row.get("id") not in by_id:
+            raise SystemExit(f"{path} has no reference tests for given question {row.get('id')!r}")
+        references[row["question"].strip()] = by_id[row["id"]]
+    return references
+
+
+async def right_solutions(db: Path, references: dict[str, Reference]) -> tuple[int, list[str]]:
+    """How many of the run's verified solutions pass the reference tests; and the questions that do not.
+    A solution must define the function under the name the question gives: the question asks for it."""
+    rows = [row for row in iter_v1_rows(db) if row["style"] == "instruct"]
+    right, wrong = 0, []
+    async with open_sandbox(workers=2, isolation=bwrap_available()) as sandbox:
+        for row in rows:
+            reference = references.get(row["question"].strip())
+            if reference is None:
+                continue
+            if (await sandbox.run(row["solution"], reference.test)).passed:
+                right += 1
+            else:
+                wrong.append(reference.entry_point)
+    return right, wrong
+
+
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |" for row in rows]
@@ -148,18 +200,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--native", type=Path, help="llama-server binary to compare (default: prepare --native's build)")
     parser.add_argument("--runtimes", default="default,native", help="which to run, in this order")
-    parser.add_argument("--variant", choices=("0.5b", "1.5b"), default="0.5b")
+    parser.add_argument("--variants", default="0.5b", help="model variants to run, in this order (0.5b, 1.5b)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=1,
                         help="speed rounds, alternating the runtimes (on a shared machine, load drifts); the median is shown")
     parser.add_argument("--given", type=Path, help="questions for the pipeline comparison (JSONL, a question field)")
+    parser.add_argument("--reference", type=Path,
+                        help="reference tests for --given (JSONL: id, entry_point, test): accuracy of what was verified")
     parser.add_argument("--questions", type=int, default=40, help="use the first N questions of --given")
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="keep the pipeline runs here instead of a temp dir")
     args = parser.parse_args()
 
+    variants = args.variants.split(",")
+    for variant in variants:
+        if variant not in VARIANTS:
+            parser.error(f"--variants: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
     native = args.native or built_server_path(default_cache_dir())
     runtimes: list[tuple[str, Path | None]] = []
     for name in args.runtimes.split(","):
@@ -170,60 +228,91 @@ def main() -> int:
         elif name == "native":
             print(f"no native build at {native} (run: python -m kodcode.embedded prepare --native); skipping it",
                   file=sys.stderr)
+    configs = [(variant, name, binary) for variant in variants for name, binary in runtimes]
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="kodcode-embedded-speed-"))
     given = None
+    references: dict[str, Reference] = {}
     if args.given:
         lines = [line for line in args.given.read_text().splitlines() if line.strip()][: args.questions]
         given = workdir / "given.jsonl"
         workdir.mkdir(parents=True, exist_ok=True)
         given.write_text("\n".join(lines) + "\n")
+        if args.reference:
+            references = load_references(args.reference, lines)
 
-    # Speed first, alternating runtimes round by round, so that a change in the machine's load hits both alike.
-    speeds: dict[str, list[tuple[str, float, float]]] = {name: [] for name, _ in runtimes}
+    # Speed first, alternating configurations round by round, so that a change in the machine's load hits all alike.
+    speeds: dict[tuple[str, str], list[tuple[str, float, float]]] = {(v, n): [] for v, n, _ in configs}
     for round_number in range(1, args.rounds + 1):
-        for name, binary in runtimes:
-            print(f"{name}: generation speed, round {round_number} ...", file=sys.stderr, flush=True)
-            speeds[name].append(anyio.run(generation_speed, binary, args.variant, args.concurrency, args.tokens))
-            print(f"  {speeds[name][-1][1]:.1f} tok/s 1 in flight, {speeds[name][-1][2]:.1f} tok/s "
+        for variant, name, binary in configs:
+            print(f"{variant} {name}: generation speed, round {round_number} ...", file=sys.stderr, flush=True)
+            speeds[variant, name].append(anyio.run(generation_speed, binary, variant, args.concurrency, args.tokens))
+            print(f"  {speeds[variant, name][-1][1]:.1f} tok/s 1 in flight, {speeds[variant, name][-1][2]:.1f} tok/s "
                   f"{args.concurrency} in flight", file=sys.stderr, flush=True)
     results = []
-    for name, binary in runtimes:
-        runtime = speeds[name][0][0]
-        result = RuntimeResult(name=name, runtime=runtime, one_in_flight=statistics.median(s[1] for s in speeds[name]),
-                               n_in_flight=statistics.median(s[2] for s in speeds[name]))
+    for variant, name, binary in configs:
+        measured = speeds[variant, name]
+        result = RuntimeResult(name=name, variant=variant, runtime=measured[0][0],
+                               one_in_flight=statistics.median(s[1] for s in measured),
+                               n_in_flight=statistics.median(s[2] for s in measured))
         if given is not None:
-            print(f"{name}: pipeline on {args.questions} given questions ...", file=sys.stderr, flush=True)
-            run = pipeline(binary, args, given, workdir, name)
+            print(f"{variant} {name}: pipeline on {args.questions} given questions ...", file=sys.stderr, flush=True)
+            run = pipeline(binary, variant, args, given, workdir, f"{variant}-{name}")
             result.questions, result.verified, result.pipeline_s = run.questions, run.verified, run.pipeline_s
             result.calls, result.errors = run.calls, run.errors
+            db = workdir / f"{variant}-{name}" / "kc.db"
+            if references and db.exists():
+                result.right, wrong = anyio.run(right_solutions, db, references)
+                if wrong:
+                    print(f"  verified but wrong by the reference tests: {', '.join(wrong)}", file=sys.stderr)
         results.append(result)
 
-    print(f"model {args.variant}, {os.cpu_count()} CPUs, {args.tokens} tokens/request, median of {args.rounds} round(s)"
+    print(f"{os.cpu_count()} CPUs, {args.tokens} tokens/request, median of {args.rounds} round(s)"
           + (f"; pipeline: {args.questions} given questions, max attempts {args.max_attempts}, concurrency "
              f"{args.concurrency}, seed {args.seed}, runs in {workdir}" if given else ""))
-    header = ("runtime", "server", "tok/s 1 in flight", f"tok/s {args.concurrency} in flight")
+    header = ("model", "runtime", "server", "tok/s 1 in flight", f"tok/s {args.concurrency} in flight")
     if given:
-        header += ("verified", "accuracy", "LLM calls", "pipeline s", "verified/h")
+        header += ("verified", "LLM calls", "pipeline s", "verified/h")
+        if references:
+            header += ("right (accuracy, 95% CI)", "right/h")
     rows = [header]
     for r in results:
-        row: tuple[str, ...] = (r.name, r.runtime if r.runtime == PREBUILT_RUNTIME else Path(r.runtime).name,
+        row: tuple[str, ...] = (r.variant, r.name, r.runtime if r.runtime == PREBUILT_RUNTIME else Path(r.runtime).name,
                                 f"{r.one_in_flight:.1f}", f"{r.n_in_flight:.1f}")
         if given:
-            row += (f"{r.verified}/{r.questions}", f"{r.accuracy:.0%}", str(r.calls), f"{r.pipeline_s:.0f}",
+            row += (f"{r.verified}/{r.questions} ({r.verified_share:.0%})", str(r.calls), f"{r.pipeline_s:.0f}",
                     f"{r.verified_per_hour:.0f}")
+            if references:
+                low, high = wilson_interval(r.right or 0, r.verified)
+                accuracy = f"{(r.right or 0) / r.verified:.3f}" if r.verified else "-"
+                row += (f"{r.right}/{r.verified} ({accuracy}, {low:.2f}-{high:.2f})", f"{r.right_per_hour:.0f}")
         rows.append(row)
     print(_table(rows))
-    if len(results) == 2:
-        default, other = results
-        ratios = [f"tok/s 1 in flight {default.one_in_flight / other.one_in_flight:.0%}",
-                  f"tok/s {args.concurrency} in flight {default.n_in_flight / other.n_in_flight:.0%}"]
-        if given and other.verified_per_hour:
-            ratios.append(f"verified/h {default.verified_per_hour / other.verified_per_hour:.0%}")
-        print(f"{default.name} as a share of {other.name}: " + ", ".join(ratios))
+    for variant in variants:
+        pair = [r for r in results if r.variant == variant]
+        if len(pair) == 2:
+            print(f"{variant}: " + share(pair[0], pair[1], args.concurrency, bool(given)))
+    for name, _ in runtimes:
+        pair = [r for r in results if r.name == name]
+        if len(pair) == 2:
+            print(f"{name} runtime: " + share(pair[0], pair[1], args.concurrency, bool(given)))
     for r in results:
         for error in r.errors:
-            print(f"{r.name}: {error}", file=sys.stderr)
+            print(f"{r.variant} {r.name}: {error}", file=sys.stderr)
     return 1 if any(r.errors for r in results) else 0
+
+
+def share(first: RuntimeResult, second: RuntimeResult, concurrency: int, with_pipeline: bool) -> str:
+    """`first` as a share of `second`, measure by measure."""
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.0%}" if b else "-"
+
+    parts = [f"tok/s 1 in flight {ratio(first.one_in_flight, second.one_in_flight)}",
+             f"tok/s {concurrency} in flight {ratio(first.n_in_flight, second.n_in_flight)}"]
+    if with_pipeline:
+        parts.append(f"verified/h {ratio(first.verified_per_hour, second.verified_per_hour)}")
+        if first.right is not None and second.right is not None:
+            parts.append(f"right/h {ratio(first.right_per_hour, second.right_per_hour)}")
+    return (f"{first.variant} {first.name} as a share of {second.variant} {second.name}: " + ", ".join(parts))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def kodcode_command(module: str, *args: str) -> list[str]:
@@ -57,3 +61,13 @@ def wait_gone(pids: set[int] | list[int], timeout_s: float = 20.0) -> list[int]:
             return []
         time.sleep(0.05)
     return [pid for pid in pids if pid_alive(pid)]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module   # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module

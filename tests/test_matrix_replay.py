@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,12 +9,9 @@ from pathlib import Path
 
 from kodcode.quality.consensus import Cell
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("matrix_replay", ROOT / "benchmarks" / "matrix_replay.py")
-assert _spec is not None and _spec.loader is not None
-replay = importlib.util.module_from_spec(_spec)
-sys.modules["matrix_replay"] = replay
-_spec.loader.exec_module(replay)
+from helpers import ROOT, load_benchmark
+
+replay = load_benchmark("matrix_replay")
 
 
 def record(passing: set[tuple[int, int]], human: list[bool], *, solutions: list[str | None] | None = None,

@@ -83,7 +83,9 @@ def build_server(cache_dir: Path, *, jobs: int | None = None, log=print) -> Path
     with tempfile.TemporaryDirectory(prefix="kodcode-llama-build-", dir=target.parent) as tmp:
         work = Path(tmp)
         log(f"kodcode: downloading llama-cpp-python=={LLAMA_CPP_PYTHON} sources (llama.cpp) from PyPI")
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        # The source package only: `--no-binary :all:` would also build its build backend's own dependencies
+        # (cmake, ninja, ...) from source just to read its metadata, which takes longer than llama.cpp itself.
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python",
               "-d", str(work), f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], build_log)
         archives = list(work.glob("llama_cpp_python-*.tar.gz"))
         if len(archives) != 1:
