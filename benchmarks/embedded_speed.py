@@ -12,6 +12,7 @@ For each (variant, runtime), in one run of this script:
     .venv/bin/python benchmarks/embedded_speed.py [--native PATH] [--given benchmarks/data/given40.jsonl]
         [--reference benchmarks/data/given40_reference.jsonl] [--questions 40] [--concurrency 4]
         [--tokens 200] [--rounds 1] [--variants 0.5b,1.5b] [--runtimes default,native]
+        [--configs 0.5b:default,0.5b:native,1.5b:default]
 
 The native server is --native PATH (any llama-server binary), else the one `python -m kodcode.embedded
 prepare --native` built for this CPU; without either, only the default runs.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -53,7 +55,7 @@ PROMPTS = [
 
 
 @dataclass
-class RuntimeResult:
+class ConfigResult:
     name: str
     variant: str = "0.5b"
     runtime: str = ""
@@ -114,7 +116,7 @@ async def generation_speed(binary: Path | None, variant: str, concurrency: int, 
 
 
 def pipeline(binary: Path | None, variant: str, args: argparse.Namespace, given: Path, workdir: Path,
-             name: str) -> RuntimeResult:
+             name: str) -> ConfigResult:
     """One `kodcode.run --given` on this runtime; verified triplets and pipeline time from its store and events."""
     run_dir = workdir / name
     run_dir.mkdir(parents=True)
@@ -125,7 +127,7 @@ def pipeline(binary: Path | None, variant: str, args: argparse.Namespace, given:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", SERVER_BINARY_ENV: str(binary) if binary else PREBUILT_RUNTIME}
     with open(run_dir / "stdout.txt", "w") as out, open(run_dir / "stderr.txt", "w") as err:
         returncode = subprocess.run(command, stdout=out, stderr=err, env=env).returncode
-    result = RuntimeResult(name=name, variant=variant)
+    result = ConfigResult(name=name, variant=variant)
     finished: dict = {}
     for line in (run_dir / "events.jsonl").read_text(errors="replace").splitlines() if (run_dir / "events.jsonl").exists() else []:
         try:
@@ -139,8 +141,6 @@ def pipeline(binary: Path | None, variant: str, args: argparse.Namespace, given:
     result.questions = sum(1 for line in given.read_text().splitlines() if line.strip())
     if returncode != 0:
         result.errors.append(f"kodcode.run exited {returncode} (see {run_dir})")
-    import sqlite3
-
     if db.exists():
         conn = sqlite3.connect(db)
         try:
@@ -200,6 +200,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--native", type=Path, help="llama-server binary to compare (default: prepare --native's build)")
     parser.add_argument("--runtimes", default="default,native", help="which to run, in this order")
+    parser.add_argument("--configs",
+                        help="explicit variant:runtime pairs instead of every variant with every runtime "
+                             "(e.g. 0.5b:default,0.5b:native,1.5b:default)")
     parser.add_argument("--variants", default="0.5b", help="model variants to run, in this order (0.5b, 1.5b)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=200)
@@ -229,6 +232,14 @@ def main() -> int:
             print(f"no native build at {native} (run: python -m kodcode.embedded prepare --native); skipping it",
                   file=sys.stderr)
     configs = [(variant, name, binary) for variant in variants for name, binary in runtimes]
+    if args.configs:
+        known = dict(runtimes)
+        pairs = [pair.split(":", 1) for pair in args.configs.split(",")]
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] not in VARIANTS or pair[1] not in ("default", "native"):
+                parser.error(f"--configs: {':'.join(pair)!r} is not VARIANT:default or VARIANT:native")
+        configs = [(variant, name, known[name]) for variant, name in pairs if name in known]
+        variants = list(dict.fromkeys(variant for variant, _, _ in configs))
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="kodcode-embedded-speed-"))
     given = None
     references: dict[str, Reference] = {}
@@ -251,7 +262,7 @@ def main() -> int:
     results = []
     for variant, name, binary in configs:
         measured = speeds[variant, name]
-        result = RuntimeResult(name=name, variant=variant, runtime=measured[0][0],
+        result = ConfigResult(name=name, variant=variant, runtime=measured[0][0],
                                one_in_flight=statistics.median(s[1] for s in measured),
                                n_in_flight=statistics.median(s[2] for s in measured))
         if given is not None:
@@ -301,7 +312,7 @@ def main() -> int:
     return 1 if any(r.errors for r in results) else 0
 
 
-def share(first: RuntimeResult, second: RuntimeResult, concurrency: int, with_pipeline: bool) -> str:
+def share(first: ConfigResult, second: ConfigResult, concurrency: int, with_pipeline: bool) -> str:
     """`first` as a share of `second`, measure by measure."""
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.0%}" if b else "-"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from scripted_openai import Responder, ScriptedOpenAIServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background by a non-interactive shell (`pytest &`, nohup) inherits SIGINT
+    # ignored, and so would every kodcode process it starts: the Ctrl-C tests would then test the shell.
+    # A handler set here is reset to the default in each child at exec, as a terminal would have it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
