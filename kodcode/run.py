@@ -116,8 +116,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--given and --sources conflict: given questions are not mixed with other sources")
     weights = (_weights(args.sources) if args.sources else {"given": 1.0} if args.given
                else {"seeds": 1.0, "prefill": 0.0} if args.seeds else None)
+    target = args.target
+    if args.given and target is None:
+        # A given run's job is every question it was given: the default target (10) would stop it part-way,
+        # leaving questions unsettled. An explicit --target still stops it early.
+        from kodcode.agents.sources.seeds import load_seeds
+
+        target = max(1, len(load_seeds(args.given, field=args.seeds_field, split=args.seeds_split)))
     return {
-        "target": args.target,
+        "target": target,
         "concurrency": args.concurrency,
         "max_attempts": args.max_attempts,
         "base_url": args.base_url,

@@ -565,3 +565,24 @@ def test_given_questions_are_solved_as_written_and_end_the_run(fake_coder_server
     mixed = run_kodcode("run", "--base-url", server.base_url, "--given", str(given), "--sources", "prefill=1",
                         "--db", str(run_dir / "other.db"))
     assert mixed.returncode == 2 and "--given and --sources conflict" in mixed.stderr
+
+
+def test_given_questions_without_a_target_are_all_settled_past_the_default_target(fake_coder_server,
+                                                                                  run_dir: Path) -> None:
+    from fake_coder import CATALOGUE
+
+    from helpers import query, run_kodcode
+
+    _coder, server = fake_coder_server()
+    chosen = CATALOGUE[:12]
+    assert len(chosen) == 12   # more than the default target of 10
+    given = run_dir / "mine.jsonl"
+    given.write_text("".join(json.dumps({"id": f"q{n}", "question": p.question}) + "\n" for n, p in enumerate(chosen)))
+    db = run_dir / "kc.db"
+    result = run_kodcode("run", "--base-url", server.base_url, "--given", str(given), "--max-attempts", "2",
+                         "--concurrency", "4", "--db", str(db), "--no-mutation-gate")
+    assert result.returncode == 0, result.stderr
+    assert "questions exhausted" in result.stdout and "target reached" not in result.stdout
+    states = [row[0] for row in query(db, "SELECT state FROM items ORDER BY seq")]
+    assert len(states) == 12 and "open" not in states
+    assert states.count("verified") >= 10   # the old default target, passed without stopping there

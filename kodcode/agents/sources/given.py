@@ -1,6 +1,7 @@
 """Given questions (the user's own, or a benchmark's): fed to the Solver, Tester and Judge exactly as
 written, one item per question, in file order. No model call makes them; they still pass the
-duplicate and contamination gate. The run ends when every given question has settled, target or not."""
+duplicate and contamination gate. The run ends when every given question has settled (without --target,
+the target is their number; an explicit --target can end it sooner)."""
 
 from __future__ import annotations
 
