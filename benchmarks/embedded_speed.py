@@ -65,6 +65,7 @@ class ConfigResult:
     verified: int = 0
     pipeline_s: float = 0.0
     calls: int = 0
+    completion_tokens: int = 0
     right: int | None = None   # verified solutions that pass the reference tests (None: no --reference)
     errors: list[str] = field(default_factory=list)
 
@@ -144,7 +145,8 @@ def pipeline(binary: Path | None, variant: str, args: argparse.Namespace, given:
     if db.exists():
         conn = sqlite3.connect(db)
         try:
-            result.calls = int(conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0])
+            calls, tokens = conn.execute("SELECT COUNT(*), COALESCE(SUM(completion_tokens), 0) FROM llm_calls").fetchone()
+            result.calls, result.completion_tokens = int(calls), int(tokens)
         finally:
             conn.close()
     return result
@@ -239,7 +241,6 @@ def main() -> int:
             if len(pair) != 2 or pair[0] not in VARIANTS or pair[1] not in ("default", "native"):
                 parser.error(f"--configs: {':'.join(pair)!r} is not VARIANT:default or VARIANT:native")
         configs = [(variant, name, known[name]) for variant, name in pairs if name in known]
-        variants = list(dict.fromkeys(variant for variant, _, _ in configs))
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="kodcode-embedded-speed-"))
     given = None
     references: dict[str, Reference] = {}
@@ -269,7 +270,7 @@ def main() -> int:
             print(f"{variant} {name}: pipeline on {args.questions} given questions ...", file=sys.stderr, flush=True)
             run = pipeline(binary, variant, args, given, workdir, f"{variant}-{name}")
             result.questions, result.verified, result.pipeline_s = run.questions, run.verified, run.pipeline_s
-            result.calls, result.errors = run.calls, run.errors
+            result.calls, result.completion_tokens, result.errors = run.calls, run.completion_tokens, run.errors
             db = workdir / f"{variant}-{name}" / "kc.db"
             if references and db.exists():
                 result.right, wrong = anyio.run(right_solutions, db, references)
@@ -282,7 +283,7 @@ def main() -> int:
              f"{args.concurrency}, seed {args.seed}, runs in {workdir}" if given else ""))
     header = ("model", "runtime", "server", "tok/s 1 in flight", f"tok/s {args.concurrency} in flight")
     if given:
-        header += ("verified", "LLM calls", "pipeline s", "verified/h")
+        header += ("verified", "LLM calls", "completion tokens", "pipeline s", "verified/h")
         if references:
             header += ("right (accuracy, 95% CI)", "right/h")
     rows = [header]
@@ -290,7 +291,8 @@ def main() -> int:
         row: tuple[str, ...] = (r.variant, r.name, r.runtime if r.runtime == PREBUILT_RUNTIME else Path(r.runtime).name,
                                 f"{r.one_in_flight:.1f}", f"{r.n_in_flight:.1f}")
         if given:
-            row += (f"{r.verified}/{r.questions} ({r.verified_share:.0%})", str(r.calls), f"{r.pipeline_s:.0f}",
+            row += (f"{r.verified}/{r.questions} ({r.verified_share:.0%})", str(r.calls), str(r.completion_tokens),
+                    f"{r.pipeline_s:.0f}",
                     f"{r.verified_per_hour:.0f}")
             if references:
                 low, high = wilson_interval(r.right or 0, r.verified)
@@ -298,14 +300,12 @@ def main() -> int:
                 row += (f"{r.right}/{r.verified} ({accuracy}, {low:.2f}-{high:.2f})", f"{r.right_per_hour:.0f}")
         rows.append(row)
     print(_table(rows))
-    for variant in variants:
-        pair = [r for r in results if r.variant == variant]
-        if len(pair) == 2:
-            print(f"{variant}: " + share(pair[0], pair[1], args.concurrency, bool(given)))
-    for name, _ in runtimes:
-        pair = [r for r in results if r.name == name]
-        if len(pair) == 2:
-            print(f"{name} runtime: " + share(pair[0], pair[1], args.concurrency, bool(given)))
+    # Pairs that differ in one thing only: the runtime (same model), or the model (same runtime).
+    for attribute in ("variant", "name"):
+        for value in dict.fromkeys(getattr(r, attribute) for r in results):
+            pair = [r for r in results if getattr(r, attribute) == value]
+            if len(pair) == 2:
+                print(share(pair[0], pair[1], args.concurrency, bool(given)))
     for r in results:
         for error in r.errors:
             print(f"{r.variant} {r.name}: {error}", file=sys.stderr)
